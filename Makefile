@@ -1,0 +1,42 @@
+# Thin driver: every target calls the patchstack tool (build/patchstack), where the behaviour lives.
+#
+#   make check [GEMMA4=1]   validate every patch series against its pinned source
+#   make lint               lint the series files and our patch files
+#   make test               run the test suite (sets up its own venv under out/)
+#   make sources            fetch and verify the pinned sources into the cache
+#
+# Sources come from UPSTREAM_<NAME>_GIT (a local mirror) or the URLs in patches/pins.toml.
+
+PYTHON  ?= python3
+GEMMA4  ?= 0
+VENV    := out/venv
+PY      := $(VENV)/bin/python
+TOOL    := $(PY) -m patchstack
+SELECT  := $(if $(filter 1,$(GEMMA4)),--gemma4,)
+
+.PHONY: venv sources check lint test clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+sources: venv
+	$(TOOL) sources
+
+check: venv
+	$(TOOL) check $(SELECT) $(ARGS)
+
+lint: venv
+	$(TOOL) lint
+
+# pytest exits 5 when it collected no test: for this suite that means the suite is broken.
+test: venv
+	$(PY) -m pytest $(ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite is broken" >&2; fi; \
+	exit $$rc
+
+clean:
+	rm -rf out

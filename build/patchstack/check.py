@@ -1,0 +1,239 @@
+"""Validate patch series against their pinned sources (or a target tree), in order, touching nothing."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+
+from . import diff, engine, series, sources
+from .errors import SourceUnavailable, StackError
+from .manifest import Manifest
+from .trees import Overlay, Tree
+
+# Entry statuses beyond the engine's fits / applied / fails:
+SKIPPED = "skipped"  # a source it needs is unreachable: not checked
+UNDECIDED = "undecided"  # did not fit, but an earlier entry was skipped, so the misfit may be that entry's
+
+
+@dataclass
+class EntryReport:
+    group: str
+    name: str
+    external: bool
+    status: str
+    reason: str = ""
+    sha256: str | None = None
+    files: int = 0
+    hunks: int = 0
+    offsets: int = 0  # hunks that fit at another line than their header says
+    result: engine.PatchResult | None = None
+
+
+@dataclass
+class SeriesReport:
+    upstream: str
+    version: str
+    pin: str
+    groups: list[str]
+    source: str = ""  # where the tree came from
+    status: str = ""  # fits | applied | fails | skipped | mixed
+    reason: str = ""
+    hint: str = ""
+    entries: list[EntryReport] = field(default_factory=list)
+    changes: dict = field(default_factory=dict, repr=False)  # the series' combined result, if all fit
+
+
+class PatchSource:
+    """Reads the bytes of series entries; external ones come from the pinned trees of other upstreams."""
+
+    def __init__(self, manifest: Manifest, offline: bool = False):
+        self.manifest = manifest
+        self.offline = offline
+        self._trees: dict[str, sources.Source | SourceUnavailable] = {}
+
+    def upstream_source(self, name: str) -> sources.Source:
+        if name not in self._trees:
+            try:
+                self._trees[name] = sources.git_source(self.manifest.upstream(name), offline=self.offline)
+            except SourceUnavailable as e:
+                self._trees[name] = e
+        got = self._trees[name]
+        if isinstance(got, SourceUnavailable):
+            raise got
+        return got
+
+    def read(self, entry: series.Entry) -> bytes:
+        if not entry.is_external:
+            return series.read_local(entry)
+        src = self.upstream_source(entry.external_upstream)  # type: ignore[arg-type]
+        data = src.tree.read(entry.external_path)  # type: ignore[arg-type]
+        if data is None:
+            raise StackError(
+                f"{entry.where()}: {entry.external_path} is not in {entry.external_upstream} at "
+                f"{src.commit[:12]}",
+                hint="the path or the pin is wrong; fix the series entry",
+            )
+        return series.verify_external(entry, data)
+
+
+def check_series(manifest: Manifest, upstream: str, groups: list[str], *, tree: Tree | None = None,
+                 source_label: str | None = None, patches: PatchSource | None = None,
+                 offline: bool = False) -> SeriesReport:
+    up = manifest.upstream(upstream)
+    rep = SeriesReport(upstream, up.version, up.commit, groups)
+    patches = patches or PatchSource(manifest, offline)
+    try:
+        entries = series.load(manifest, upstream).selected(groups)
+    except StackError as e:
+        rep.status, rep.reason, rep.hint = engine.FAILS, e.message, e.hint or ""
+        return rep
+    if tree is None:
+        try:
+            src = sources.source(up, offline=offline)
+        except SourceUnavailable as e:
+            rep.status, rep.reason, rep.hint = SKIPPED, e.message, e.hint or ""
+            rep.entries = [EntryReport(e_.group, e_.name, e_.is_external, SKIPPED, "source unavailable")
+                           for e_ in entries]
+            return rep
+        except StackError as e:
+            rep.status, rep.reason, rep.hint = engine.FAILS, e.message, e.hint or ""
+            return rep
+        tree, rep.source = src.tree, src.origin
+    else:
+        rep.source = source_label or tree.label
+    state = Overlay(tree)
+    skipped_before = False
+    for ent in entries:
+        er = EntryReport(ent.group, ent.name, ent.is_external, engine.FITS)
+        rep.entries.append(er)
+        try:
+            data = patches.read(ent)
+            er.sha256 = hashlib.sha256(data).hexdigest()
+            patch = diff.parse(ent.name, data)
+        except SourceUnavailable as e:
+            er.status, er.reason = SKIPPED, e.message
+            skipped_before = True
+            continue
+        except StackError as e:
+            er.status, er.reason = engine.FAILS, str(e)
+            continue
+        er.files, er.hunks = len(patch.files), patch.hunk_count
+        res = engine.apply_patch(patch, state)
+        er.result, er.status = res, res.status
+        er.offsets = sum(h.status == engine.OFFSET for f in res.files for h in f.hunks)
+        if res.status == engine.FITS:
+            state.update(res.changes)
+        elif res.status == engine.FAILS and skipped_before:
+            er.status = UNDECIDED
+            er.reason = "does not fit, but an entry before it was skipped: it may need that entry's changes"
+    statuses = {e.status for e in rep.entries}
+    if engine.FAILS in statuses:
+        rep.status = engine.FAILS
+    elif statuses <= {engine.FITS}:
+        rep.status = engine.FITS
+    elif statuses == {engine.APPLIED}:
+        rep.status = engine.APPLIED
+    elif statuses & {SKIPPED, UNDECIDED}:
+        rep.status = SKIPPED
+        rep.reason = "some entries could not be checked"
+    else:
+        rep.status = "mixed"
+        rep.reason = "some patches are applied and others are not: the tree is half patched"
+    if rep.status == engine.FITS:
+        rep.changes = state.changes
+    return rep
+
+
+def exit_code(reports: list[SeriesReport], *, expect: str = engine.FITS, strict: bool = False) -> int:
+    """0: every entry is as expected; 1: something does not fit; 3: only skips, under --strict."""
+    bad = skipped = False
+    for r in reports:
+        if r.status == SKIPPED:
+            skipped = True
+        for e in r.entries:
+            if e.status in (SKIPPED, UNDECIDED):
+                skipped = True
+            elif e.status != expect:
+                bad = True
+        if r.status in (engine.FAILS, "mixed") and not r.entries:
+            bad = True
+    if bad:
+        return 1
+    return 3 if (skipped and strict) else 0
+
+
+# ---------------------------------------------------------------- reports
+
+
+def to_json(reports: list[SeriesReport]) -> list[dict]:
+    out = []
+    for r in reports:
+        d = asdict(r)
+        d.pop("changes", None)
+        for e in d["entries"]:
+            res = e.pop("result")
+            e["files_detail"] = [
+                {k: v for k, v in f.items() if k != "hunks"} | {"hunks": [
+                    {k: v for k, v in h.items() if v not in (None, [], "")} for h in f["hunks"]
+                    if h["status"] not in (engine.FITS,)
+                ]}
+                for f in (res or {}).get("files", [])
+                if f["status"] != engine.FITS or any(h["status"] != engine.FITS for h in f["hunks"])
+            ]
+        out.append(d)
+    return out
+
+
+def format_human(reports: list[SeriesReport], *, expect: str = engine.FITS) -> str:
+    lines: list[str] = []
+    mark = {engine.FITS: "fits", engine.APPLIED: "applied", engine.FAILS: "FAILS", SKIPPED: "SKIPPED",
+            UNDECIDED: "UNDECIDED"}
+    for r in reports:
+        head = f"{r.upstream} {r.version} (pin {r.pin[:12]}), groups: {', '.join(r.groups)}"
+        if r.source:
+            head += f"\n  source: {r.source}"
+        lines.append(head)
+        if r.reason and not r.entries or r.status == SKIPPED and r.reason and not r.source:
+            lines.append(f"  {mark.get(r.status, r.status)}: {r.reason}")
+            if r.hint:
+                lines.append(f"  what to do: {r.hint}")
+        if not r.entries:
+            lines.append("  (no entries in the selected groups)")
+        for e in r.entries:
+            label = mark.get(e.status, e.status)
+            if e.status == engine.FITS and expect == engine.APPLIED:
+                label = "NOT APPLIED"
+            if e.status == engine.APPLIED and expect == engine.FITS:
+                label = "ALREADY APPLIED"
+            what = f"[{e.group}] {e.name}" + (" (external, sha256 verified)" if e.external and e.sha256 else "")
+            detail = f"{e.files} files, {e.hunks} hunks" if e.result else ""
+            if e.offsets:
+                detail += f", {e.offsets} at an offset"
+            lines.append(f"  {label:<9} {what}" + (f": {detail}" if detail else ""))
+            if e.reason and e.status != engine.FITS and e.reason != "source unavailable":
+                lines.append(f"            {e.reason}")
+            if e.result and e.status in (engine.FAILS, UNDECIDED):
+                lines += _format_failures(e.result)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _format_failures(res: engine.PatchResult) -> list[str]:
+    out: list[str] = []
+    for f, h in res.failed_hunks:
+        if h is None:
+            out.append(f"    {f.path} (patch line {f.patch_line}): {f.reason}")
+            continue
+        out.append(f"    {f.path}: hunk {h.index} of {len(f.hunks)} {h.header} (patch line {h.patch_line})")
+        out.append(f"      {h.reason}")
+        c = h.closest
+        if c is None or c.matching == 0:
+            out.append("      expected:")
+            out += [f"        | {t}" for t in h.expected[:12]]
+            continue
+        for line, want, got in c.differ[:12]:
+            out.append(f"      line {line}: expected | {want}")
+            out.append(f"      {' ' * len(str(line))}       found    | {'(end of file)' if got is None else got}")
+        if len(c.differ) > 12:
+            out.append(f"      ... and {len(c.differ) - 12} more differing lines")
+    return out

@@ -1,0 +1,162 @@
+"""Command line: sources, check, apply, lint. The Makefile, the Dockerfile and CI call these."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import check as check_mod
+from . import engine, lint as lint_mod, manifest as manifest_mod, sources
+from .apply import NotApplied, apply_series
+from .errors import SourceUnavailable, StackError
+
+
+def _groups(m: manifest_mod.Manifest, args) -> list[str]:
+    extra = set(args.group or [])
+    if args.gemma4:
+        extra.add("gemma4")
+    return m.select_groups(frozenset(extra))
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gemma4", action="store_true", help="add the gemma4 group of every series (GEMMA4=1)")
+    p.add_argument("--group", action="append", metavar="NAME", help="add an optional group (repeatable)")
+    p.add_argument("--offline", action="store_true", help="use only what is in the cache")
+
+
+def cmd_sources(m, args) -> int:
+    names = args.upstream or list(m.upstreams)
+    worst = 0
+    for n in names:
+        up = m.upstream(n)
+        try:
+            s = sources.source(up, offline=args.offline, prefer_sdist=args.sdist)
+            print(f"{n:<9} {s.commit[:12]}  {s.origin}")
+        except SourceUnavailable as e:
+            print(f"{n:<9} UNAVAILABLE  {e}")
+            worst = max(worst, 3)
+    print(f"cache: {sources.cache_root()}")
+    return worst
+
+
+def cmd_check(m, args) -> int:
+    names = args.upstream or list(m.upstreams)
+    groups = _groups(m, args)
+    if args.tree and len(names) != 1:
+        raise StackError("--tree checks one tree: name exactly one upstream", hint="e.g. check sglang --tree DIR")
+    patches = check_mod.PatchSource(m, args.offline)
+    reports = []
+    for n in names:
+        m.upstream(n)
+        if args.tree:
+            from .trees import DirTree
+
+            tree = DirTree(Path(args.tree).resolve())
+            reports.append(check_mod.check_series(m, n, groups, tree=tree, patches=patches, offline=args.offline))
+        else:
+            reports.append(check_mod.check_series(m, n, groups, patches=patches, offline=args.offline))
+    code = check_mod.exit_code(reports, expect=args.expect, strict=args.strict)
+    if args.json:
+        json.dump({"exit": code, "expect": args.expect, "series": check_mod.to_json(reports)}, sys.stdout, indent=2)
+        print()
+    else:
+        print(check_mod.format_human(reports, expect=args.expect), end="")
+        print(_summary(reports, code, args))
+    return code
+
+
+def _summary(reports, code: int, args) -> str:
+    counts: dict[str, int] = {}
+    skipped: list[str] = []
+    for r in reports:
+        for e in r.entries:
+            counts[e.status] = counts.get(e.status, 0) + 1
+            if e.status in (check_mod.SKIPPED, check_mod.UNDECIDED):
+                why = r.reason if r.status == check_mod.SKIPPED and not r.source else e.reason
+                skipped.append(f"  {r.upstream} [{e.group}] {e.name}: {why}")
+        if r.status == check_mod.SKIPPED and not r.entries and not r.source:
+            skipped.append(f"  {r.upstream} (no entries selected; source not verified): {r.reason}")
+    total = sum(counts.values())
+    parts = [f"{counts[k]} {k}" for k in (engine.FITS, engine.APPLIED, engine.FAILS, check_mod.UNDECIDED,
+                                           check_mod.SKIPPED) if counts.get(k)]
+    lines = [f"Summary: {len(reports)} series, {total} entries: {', '.join(parts) or 'none selected'}"]
+    if skipped:
+        lines.append("Not checked, and why:")
+        lines += skipped
+    verdict = {0: "OK", 1: "FAILED", 3: "INCOMPLETE"}[code]
+    if code == 0 and skipped:
+        verdict = "OK, but incomplete: the checks above were skipped (--strict makes that an error)"
+    elif code == 3:
+        verdict += ": checks were skipped and --strict was given"
+    lines.append(verdict)
+    return "\n".join(lines)
+
+
+def cmd_apply(m, args) -> int:
+    groups = _groups(m, args)
+    try:
+        rep, msg = apply_series(m, args.upstream, Path(args.tree), groups, allow_dirty=args.allow_dirty,
+                                allow_other_commit=args.allow_other_commit, offline=args.offline)
+    except NotApplied as e:
+        print(check_mod.format_human([e.report]), end="", file=sys.stderr)
+        raise
+    print(msg)
+    return 0
+
+
+def cmd_lint(m, args) -> int:
+    problems = lint_mod.lint(m)
+    for p in problems:
+        print(p)
+    n = sum(1 for _ in m.patches_dir.glob("*/*/*.patch"))
+    print(f"{'FAILED' if problems else 'OK'}: {len(problems)} problems in {n} patch files "
+          f"of {len(m.upstreams)} upstreams")
+    return 1 if problems else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="patchstack", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("sources", help="fetch and verify the pinned sources into the cache")
+    p.add_argument("upstream", nargs="*")
+    p.add_argument("--offline", action="store_true")
+    p.add_argument("--sdist", action="store_true", help="prefer an upstream's sdist over git")
+    p.set_defaults(func=cmd_sources)
+
+    p = sub.add_parser("check", help="validate the series against the pins (or a tree); changes nothing")
+    p.add_argument("upstream", nargs="*", help="upstreams to check (default: all)")
+    _add_selection(p)
+    p.add_argument("--tree", help="check this folder instead of the pinned source (one upstream)")
+    p.add_argument("--expect", choices=[engine.FITS, engine.APPLIED], default=engine.FITS,
+                   help="what each patch must be: 'fits' (default) or 'applied' (a patched tree)")
+    p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    p.add_argument("--strict", action="store_true", help="exit 3 when a check was skipped (source unreachable)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("apply", help="validate, then apply a series to a tree, all or nothing")
+    p.add_argument("upstream")
+    p.add_argument("--tree", required=True, help="the checkout to patch")
+    _add_selection(p)
+    p.add_argument("--allow-dirty", action="store_true", help="apply on top of local changes")
+    p.add_argument("--allow-other-commit", action="store_true", help="skip the check that the tree is at the pin")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("lint", help="lint the series files and our patch files")
+    p.set_defaults(func=cmd_lint)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        m = manifest_mod.load()
+        return args.func(m, args)
+    except StackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
