@@ -24,7 +24,7 @@ from . import diff, series
 from .errors import StackError
 from .manifest import Manifest
 
-STATUS = re.compile(r"^Upstream-Status:\s*(\S+)\s*(.*)$", re.M)
+STATUS = re.compile(r"^Upstream-Status:[ \t]*(\S+)[ \t]*(.*)$", re.M)
 KINDS = ("temporary", "environment", "incompatible")
 MARKERS = (b"<<<<<<< ", b">>>>>>> ", b"=======\n", b"|||||||")
 
