@@ -4,6 +4,8 @@
 #   make lint               lint the series files and our patch files
 #   make test               run the test suite (sets up its own venv under out/)
 #   make sources            fetch and verify the pinned sources into the cache
+#   make workspace UPSTREAM=<name> [GEMMA4=1]   the series as commits on the pin, under out/workspace/
+#   make export UPSTREAM=<name>                 the workspace's commits back into patches/
 #
 # Sources come from UPSTREAM_<NAME>_GIT (a local mirror) or the URLs in patches/pins.toml.
 
@@ -14,7 +16,7 @@ PY      := $(VENV)/bin/python
 TOOL    := $(PY) -m patchstack
 SELECT  := $(if $(filter 1,$(GEMMA4)),--gemma4,)
 
-.PHONY: venv sources check lint test clean
+.PHONY: venv sources check lint test clean workspace export
 
 venv: $(VENV)/.installed
 
@@ -28,6 +30,12 @@ sources: venv
 
 check: venv
 	$(TOOL) check $(SELECT) $(ARGS)
+
+workspace: venv
+	$(TOOL) workspace $(UPSTREAM) $(SELECT) $(ARGS)
+
+export: venv
+	$(TOOL) export $(UPSTREAM) $(ARGS)
 
 lint: venv
 	$(TOOL) lint

@@ -97,3 +97,22 @@ def test_corrupted_hunk_against_real_sglang_is_named(real, tmp_path, monkeypatch
     (folder / "0001-marker.patch").write_text(header + body)
     code, out, _ = tool("check", "sglang")
     assert code == 0, out
+
+
+@pytest.mark.parametrize("name", ["sglang", "megatron", "slime"])
+def test_workspace_then_export_round_trips_every_shipped_series(real, name, tmp_path, monkeypatch):
+    """make workspace + make export on a shipped series changes no byte of patches/."""
+    _source_or_skip(real, name)
+    for other in {e.external_upstream for e in check.series.load(real, name).entries if e.is_external}:
+        _source_or_skip(real, other)
+    root = tmp_path / "stack"
+    shutil.copytree(REPO / "patches", root / "patches")
+    monkeypatch.setenv("PATCHSTACK_ROOT", str(root))
+    code, out, err = tool("workspace", name, "--gemma4")
+    assert code == 0, err
+    code, out, err = tool("export", name)
+    assert code == 0, err
+    assert "EXTERNAL" not in out
+    before = {p.relative_to(REPO): p.read_bytes() for p in (REPO / "patches").rglob("*") if p.is_file()}
+    after = {p.relative_to(root): p.read_bytes() for p in (root / "patches").rglob("*") if p.is_file()}
+    assert after == before

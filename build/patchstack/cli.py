@@ -116,6 +116,32 @@ def cmd_lint(m, args) -> int:
     return 1 if problems else 0
 
 
+def cmd_workspace(m, args) -> int:
+    from . import workspace
+
+    ws = workspace.create(m, args.upstream, _groups(m, args), force=args.force, offline=args.offline)
+    n = workspace.git("rev-list", "--count", f"{workspace.UPSTREAM_TAG}..HEAD", cwd=ws).stdout.decode().strip()
+    print(f"{args.upstream}: workspace at {ws}: the pin is tagged '{workspace.UPSTREAM_TAG}', "
+          f"{n} patch commits on branch 'patches'")
+    print(f"edit with git (commit --amend, rebase -i {workspace.UPSTREAM_TAG}), then: make export UPSTREAM={args.upstream}")
+    return 0
+
+
+def cmd_export(m, args) -> int:
+    from . import workspace
+
+    r = workspace.export(m, args.upstream)
+    for n in r.written:
+        print(f"wrote     {n}")
+    for n in r.removed:
+        print(f"removed   {n}")
+    for n in r.external_edited:
+        print(f"EXTERNAL  {n}: edited in the workspace; not ours, so written under out/ only")
+    print(f"{args.upstream}: {len(r.written)} written, {len(r.unchanged)} unchanged, {len(r.removed)} removed"
+          + ("; series file updated" if r.series_changed else "; series file unchanged"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="patchstack", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -143,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-dirty", action="store_true", help="apply on top of local changes")
     p.add_argument("--allow-other-commit", action="store_true", help="skip the check that the tree is at the pin")
     p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("workspace", help="import a series as commits on the pinned upstream, under out/")
+    p.add_argument("upstream")
+    _add_selection(p)
+    p.add_argument("--force", action="store_true", help="replace an existing workspace")
+    p.set_defaults(func=cmd_workspace)
+
+    p = sub.add_parser("export", help="turn the workspace's commits back into patch files and the series")
+    p.add_argument("upstream")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("lint", help="lint the series files and our patch files")
     p.set_defaults(func=cmd_lint)

@@ -1,0 +1,112 @@
+"""`workspace` and `export`: patches edited as commits, exported back byte-stably."""
+
+from __future__ import annotations
+
+import hashlib
+
+from conftest import numbered, run_git, tool
+
+FILE = numbered(40)
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _stack(world):
+    mg = world.upstream("megatron", {"a.py": FILE, "b.py": numbered(30, "b")})
+    ext = mg.diff({"b.py": numbered(30, "b").replace("b 3\n", "b three\n")})
+    world.upstream("slime", {"docker/megatron.patch": ext})
+    world.add_external("megatron", "slime:docker/megatron.patch", hashlib.sha256(ext.encode()).hexdigest())
+    world.add_patch("megatron", "0001-first.patch", mg.diff({"a.py": FILE.replace("line 5\n", "five\n")},
+                                                          subject="First"), group="gemma4")
+    world.add_patch("megatron", "0002-second.patch", mg.diff({"a.py": FILE.replace("line 30\n", "thirty\n")},
+                                                           subject="Second"), group="gemma4")
+    return mg
+
+
+def _workspace(world, *extra):
+    code, out, err = tool("workspace", "megatron", "--gemma4", *extra)
+    assert code == 0, err
+    return world.root / "out" / "workspace" / "megatron"
+
+
+def test_workspace_has_one_commit_per_entry_after_the_upstream_tag(world):
+    mg = _stack(world)
+    ws = _workspace(world)
+    assert run_git(ws, "rev-parse", "upstream").strip() == mg.pin
+    log = run_git(ws, "log", "--reverse", "--format=%an|%s", "upstream..HEAD").splitlines()
+    assert log == ["t|[external, not ours] slime:docker/megatron.patch", "t|First", "t|Second"]
+    assert "thirty" in (ws / "a.py").read_text() and "five" in (ws / "a.py").read_text()
+    assert run_git(ws, "status", "--porcelain") == ""
+
+
+def test_export_is_byte_stable_and_an_edit_changes_only_its_file(world):
+    _stack(world)
+    folder = world.folder("megatron")
+    ws = _workspace(world)
+    assert tool("export", "megatron")[0] == 0  # first export: normal form
+    normal = _files(folder)
+    ws = _workspace(world, "--force")
+    code, out, _ = tool("export", "megatron")
+    assert code == 0 and "0 written, 2 unchanged, 0 removed; series file unchanged" in out
+    assert _files(folder) == normal
+    # Edit the first patch of ours (HEAD~1) and export: only its file changes.
+    run_git(ws, "checkout", "-q", "HEAD~1")
+    (ws / "a.py").write_text((ws / "a.py").read_text().replace("five\n", "FIVE\n"))
+    run_git(ws, "commit", "-q", "-a", "--amend", "--no-edit")
+    first = run_git(ws, "rev-parse", "HEAD").strip()
+    run_git(ws, "checkout", "-q", "patches")
+    run_git(ws, "rebase", "-q", "--onto", first, "patches~1", "patches")
+    code, out, _ = tool("export", "megatron")
+    assert code == 0 and "wrote     0001-first.patch" in out
+    after = _files(folder)
+    assert [n for n in after if after[n] != normal[n]] == ["0001-first.patch"]
+    assert b"+FIVE" in after["0001-first.patch"]
+
+
+def test_new_and_dropped_commits_update_the_series(world):
+    _stack(world)
+    folder = world.folder("megatron")
+    ws = _workspace(world)
+    run_git(ws, "rebase", "-q", "--onto", "HEAD~1", "HEAD")  # drop the last commit ("Second")
+    (ws / "c.py").write_text("new file\n")
+    run_git(ws, "add", "c.py")
+    run_git(ws, "commit", "-q", "-m", "Add c.py for Gemma4", "-m", "Upstream-Status: environment tests")
+    code, out, _ = tool("export", "megatron")
+    assert code == 0
+    assert "wrote     0003-add-c-py-for-gemma4.patch" in out and "removed   0002-second.patch" in out
+    assert not (folder / "0002-second.patch").exists()
+    text = (folder / "series").read_text()
+    assert text.index("0001-first.patch") < text.index("0003-add-c-py-for-gemma4.patch")
+    assert "0002-second.patch" not in text and "slime:docker/megatron.patch sha256=" in text
+    assert tool("lint")[0] == 0
+    assert tool("check", "megatron", "--gemma4")[0] == 0
+
+
+def test_edited_external_patch_goes_to_out_not_patches(world):
+    _stack(world)
+    folder = world.folder("megatron")
+    before = _files(folder)
+    ws = _workspace(world)
+    run_git(ws, "checkout", "-q", "patches~2")  # slime's patch, the first commit after upstream
+    (ws / "b.py").write_text((ws / "b.py").read_text().replace("b three\n", "b THREE\n"))
+    run_git(ws, "commit", "-q", "-a", "--amend", "--no-edit")
+    edited = run_git(ws, "rev-parse", "HEAD").strip()
+    run_git(ws, "checkout", "-q", "patches")
+    run_git(ws, "rebase", "-q", "--onto", edited, "patches~2", "patches")
+    code, out, _ = tool("export", "megatron")
+    assert code == 0
+    assert "EXTERNAL  slime:docker/megatron.patch" in out and "written under out/ only" in out
+    exported = world.root / "out" / "export" / "megatron" / "slime_docker_megatron.patch"
+    assert b"+b THREE" in exported.read_bytes()
+    assert not list(folder.glob("*megatron.patch"))
+    assert (folder / "series").read_text() == before["series"].decode()
+
+
+def test_export_refuses_uncommitted_changes(world):
+    _stack(world)
+    ws = _workspace(world)
+    (ws / "a.py").write_text("dirty\n")
+    code, _, err = tool("export", "megatron")
+    assert code == 2 and "has uncommitted changes" in err
