@@ -98,7 +98,7 @@ def test_interruption_while_writing_restores_the_tree(world, tmp_path, monkeypat
     up = _series_of_three(world)
     target = up.checkout(tmp_path / "target")
     before = tree_digest(target)
-    real = apply_mod._write_file
+    real = apply_mod.write_file
     calls = []
 
     def stop_after_two(*a):
@@ -107,7 +107,7 @@ def test_interruption_while_writing_restores_the_tree(world, tmp_path, monkeypat
         calls.append(a)
         real(*a)
 
-    monkeypatch.setattr(apply_mod, "_write_file", stop_after_two)
+    monkeypatch.setattr(apply_mod, "write_file", stop_after_two)
     code, _, err = tool("apply", "sglang", "--tree", str(target))
     assert len(calls) == 2, "the interruption must come in the middle of the writes"
     assert code == 2 and "was interrupted" in err and "restored as it was" in err
@@ -119,14 +119,14 @@ KILL_HOOK = """
 import os, signal, sys
 sys.path.insert(0, {build!r})
 from patchstack import apply, cli
-real = apply._write_file
+real = apply.write_file
 n = []
 def kill_after_two(*a):
     if len(n) == 2:
         os.kill(os.getpid(), signal.SIGKILL)
     n.append(a)
     real(*a)
-apply._write_file = kill_after_two
+apply.write_file = kill_after_two
 sys.exit(cli.main(["apply", "sglang", "--tree", {target!r}]))
 """
 

@@ -116,3 +116,41 @@ def test_rename_with_changes(tmp_path):
     res = engine.apply_patch(diff.parse("p", patch_text.encode()), DirTree(repo))
     assert res.status == engine.FITS
     assert res.changes["old.py"] is None and res.changes["new.py"][1].startswith(b"l0\nl1\nl2\nL3\n")
+
+
+@pytest.mark.parametrize("drift, git_fits", [
+    ("", True),
+    ("inserted above\n", False),  # a hunk at line 1 must match at the start of the file
+])
+def test_hunk_at_the_start_is_anchored_like_git(tmp_path, drift, git_fits):
+    repo = tmp_path / "r"
+    repo.mkdir()
+    run_git(repo, "init", "-q")
+    body = "".join(f"l{i}\n" for i in range(20))
+    (repo / "f.txt").write_text(body)
+    run_git(repo, "add", "f.txt")
+    run_git(repo, "commit", "-qm", "base")
+    (repo / "f.txt").write_text(body.replace("l1\n", "L1\n"))
+    patch_text = run_git(repo, "diff")
+    assert "@@ -1," in patch_text
+    (repo / "f.txt").write_text(drift + body)
+    res = engine.apply_patch(diff.parse("p", patch_text.encode()), DirTree(repo))
+    p = subprocess.run(["git", "apply", "--check", "-"], cwd=repo, input=patch_text.encode(), capture_output=True)
+    assert (p.returncode == 0) == git_fits
+    assert (res.status == engine.FITS) == git_fits
+
+
+def test_hunk_without_trailing_context_is_anchored_at_the_end_like_git(tmp_path):
+    repo = tmp_path / "r"
+    repo.mkdir()
+    run_git(repo, "init", "-q")
+    body = "".join(f"l{i}\n" for i in range(20))
+    (repo / "f.txt").write_text(body)
+    run_git(repo, "add", "f.txt")
+    run_git(repo, "commit", "-qm", "base")
+    (repo / "f.txt").write_text(body + "appended\n")
+    patch_text = run_git(repo, "diff")
+    (repo / "f.txt").write_text(body + "upstream added this\n")
+    res = engine.apply_patch(diff.parse("p", patch_text.encode()), DirTree(repo))
+    p = subprocess.run(["git", "apply", "--check", "-"], cwd=repo, input=patch_text.encode(), capture_output=True)
+    assert p.returncode != 0 and res.status == engine.FAILS

@@ -131,13 +131,13 @@ def apply_series(manifest: Manifest, upstream: str, target: Path, groups: list[s
     if rep.status == engine.APPLIED:
         return rep, note + f"{upstream}: every patch is already applied to {target}; nothing to do"
     if rep.status != engine.FITS:
-        raise _NotApplied(rep)
+        raise NotApplied(rep)
     _write(target, rep.changes)
     n = sum(1 for e in rep.entries)
     return rep, note + f"{upstream}: applied {n} patches ({len(rep.changes)} files) to {target}"
 
 
-class _NotApplied(StackError):
+class NotApplied(StackError):
     def __init__(self, rep: SeriesReport):
         why = {
             engine.FAILS: "some patches do not fit",
@@ -149,10 +149,7 @@ class _NotApplied(StackError):
         self.report = rep
 
 
-NotApplied = _NotApplied
-
-
-def _write_file(dest: Path, mode: str, content: bytes) -> None:
+def write_file(dest: Path, mode: str, content: bytes) -> None:
     if dest.is_symlink() or (dest.exists() and mode == SYMLINK):
         dest.unlink()
     if mode == SYMLINK:
@@ -167,6 +164,19 @@ def _write_file(dest: Path, mode: str, content: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_changes(target: Path, changes: dict[str, tuple[str, bytes] | None]) -> None:
+    """Write the engine's result into a folder: each file whole (temp file + rename), deletions last-wins."""
+    for rel in sorted(changes):
+        dest = target / rel
+        change = changes[rel]
+        if change is None:
+            if dest.is_symlink() or dest.exists():
+                dest.unlink()
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_file(dest, *change)
 
 
 def _write(target: Path, changes: dict[str, tuple[str, bytes] | None]) -> None:
@@ -198,15 +208,7 @@ def _write(target: Path, changes: dict[str, tuple[str, bytes] | None]) -> None:
 
     old = {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        for rel in sorted(changes):
-            dest = target / rel
-            change = changes[rel]
-            if change is None:
-                if dest.is_symlink() or dest.exists():
-                    dest.unlink()
-                continue
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            _write_file(dest, *change)
+        write_changes(target, changes)
     except BaseException as e:
         _rollback(target, journal, jd)
         shutil.rmtree(jd)

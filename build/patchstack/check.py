@@ -193,7 +193,8 @@ def format_human(reports: list[SeriesReport], *, expect: str = engine.FITS) -> s
         if r.source:
             head += f"\n  source: {r.source}"
         lines.append(head)
-        if r.reason and not r.entries or r.status == SKIPPED and r.reason and not r.source:
+        series_level = not r.entries or not r.source  # the whole series failed or was skipped
+        if r.reason and series_level:
             lines.append(f"  {mark.get(r.status, r.status)}: {r.reason}")
             if r.hint:
                 lines.append(f"  what to do: {r.hint}")
@@ -213,12 +214,12 @@ def format_human(reports: list[SeriesReport], *, expect: str = engine.FITS) -> s
             if e.reason and e.status != engine.FITS and e.reason != "source unavailable":
                 lines.append(f"            {e.reason}")
             if e.result and e.status in (engine.FAILS, UNDECIDED):
-                lines += _format_failures(e.result)
+                lines += format_failures(e.result)
         lines.append("")
     return "\n".join(lines)
 
 
-def _format_failures(res: engine.PatchResult) -> list[str]:
+def format_failures(res: engine.PatchResult) -> list[str]:
     out: list[str] = []
     for f, h in res.failed_hunks:
         if h is None:

@@ -11,6 +11,7 @@ from . import check as check_mod
 from . import engine, lint as lint_mod, manifest as manifest_mod, sources
 from .apply import NotApplied, apply_series
 from .errors import SourceUnavailable, StackError
+from .trees import DirTree
 
 
 def _groups(m: manifest_mod.Manifest, args) -> list[str]:
@@ -51,8 +52,6 @@ def cmd_check(m, args) -> int:
     for n in names:
         m.upstream(n)
         if args.tree:
-            from .trees import DirTree
-
             tree = DirTree(Path(args.tree).resolve())
             reports.append(check_mod.check_series(m, n, groups, tree=tree, patches=patches, offline=args.offline))
         else:

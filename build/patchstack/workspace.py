@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import diff, engine, series, sources
-from .apply import _write_file
-from .check import PatchSource
+from .apply import write_changes
+from .check import PatchSource, format_failures
 from .errors import StackError
 from .manifest import Manifest
 from .trees import DirTree, GitTree, git
@@ -110,18 +110,10 @@ def create(manifest: Manifest, upstream: str, groups: list[str], *, force: bool 
             patch = diff.parse(e.name, data)
             res = engine.apply_patch(patch, DirTree(tmp))
             if res.status != engine.FITS:
-                from .check import _format_failures
-
-                detail = "\n".join(_format_failures(res)) if res.status == engine.FAILS else ""
+                detail = "\n".join(format_failures(res)) if res.status == engine.FAILS else ""
                 raise StackError(f"{e.where()}: {e.name} does not fit {upstream} at its pin: {res.status}\n{detail}",
                                  hint="run `make check` for the full report")
-            for rel, change in res.changes.items():
-                dest = tmp / rel
-                if change is None:
-                    dest.unlink()
-                else:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    _write_file(dest, *change)
+            write_changes(tmp, res.changes)
             h = parse_header(patch.header, e.name)
             if e.is_external:
                 msg = (f"[external, not ours] {e.name}\n\nRead from {e.external_upstream}'s pinned tree; "
