@@ -227,10 +227,12 @@ def format_failures(res: engine.PatchResult) -> list[str]:
             continue
         out.append(f"    {f.path}: hunk {h.index} of {len(f.hunks)} {h.header} (patch line {h.patch_line})")
         out.append(f"      {h.reason}")
+        out.append("      expected (context and removed lines):")
+        out += [f"        | {t}" for t in h.expected[:12]]
+        if len(h.expected) > 12:
+            out.append(f"        ... and {len(h.expected) - 12} more")
         c = h.closest
         if c is None or c.matching == 0:
-            out.append("      expected:")
-            out += [f"        | {t}" for t in h.expected[:12]]
             continue
         for line, want, got in c.differ[:12]:
             out.append(f"      line {line}: expected | {want}")
