@@ -38,6 +38,17 @@ def _mutate(rng: random.Random, lines: list[str], edits: int) -> list[str]:
     return out
 
 
+def _repo_with(tmp_path, data: bytes, name: str = "f.txt"):
+    """A git repository whose one commit holds `name` with `data`."""
+    repo = tmp_path / "r"
+    repo.mkdir()
+    run_git(repo, "init", "-q")
+    (repo / name).write_bytes(data)
+    run_git(repo, "add", name)
+    run_git(repo, "commit", "-qm", "base")
+    return repo
+
+
 @pytest.mark.parametrize("seed", range(60))
 def test_engine_agrees_with_git_apply(tmp_path, seed):
     rng = random.Random(seed)
@@ -69,12 +80,7 @@ def test_engine_agrees_with_git_apply(tmp_path, seed):
 
 
 def test_no_newline_at_end_of_file_round_trips(tmp_path):
-    repo = tmp_path / "r"
-    repo.mkdir()
-    run_git(repo, "init", "-q")
-    (repo / "f.txt").write_bytes(b"a\nb\nc")
-    run_git(repo, "add", "f.txt")
-    run_git(repo, "commit", "-qm", "base")
+    repo = _repo_with(tmp_path, b"a\nb\nc")
     (repo / "f.txt").write_bytes(b"a\nb\nC\n")
     patch_text = run_git(repo, "diff")
     assert "\\ No newline at end of file" in patch_text
@@ -84,12 +90,7 @@ def test_no_newline_at_end_of_file_round_trips(tmp_path):
 
 
 def test_crlf_and_lone_cr_are_content(tmp_path):
-    repo = tmp_path / "r"
-    repo.mkdir()
-    run_git(repo, "init", "-q")
-    (repo / "f.txt").write_bytes(b"one\r\ntwo\rstill two\r\nthree\r\n")
-    run_git(repo, "add", "f.txt")
-    run_git(repo, "commit", "-qm", "base")
+    repo = _repo_with(tmp_path, b"one\r\ntwo\rstill two\r\nthree\r\n")
     (repo / "f.txt").write_bytes(b"one\r\ntwo\rstill two\r\n3\r\n")
     patch_text = subprocess.run(["git", "diff"], cwd=repo, capture_output=True).stdout
     run_git(repo, "checkout", "-q", "f.txt")
@@ -101,12 +102,7 @@ def test_crlf_and_lone_cr_are_content(tmp_path):
 
 
 def test_rename_with_changes(tmp_path):
-    repo = tmp_path / "r"
-    repo.mkdir()
-    run_git(repo, "init", "-q")
-    (repo / "old.py").write_text("".join(f"l{i}\n" for i in range(30)))
-    run_git(repo, "add", "old.py")
-    run_git(repo, "commit", "-qm", "base")
+    repo = _repo_with(tmp_path, "".join(f"l{i}\n" for i in range(30)).encode(), "old.py")
     run_git(repo, "mv", "old.py", "new.py")
     (repo / "new.py").write_text("".join(f"l{i}\n" for i in range(30)).replace("l3\n", "L3\n"))
     run_git(repo, "add", "-A")
@@ -123,13 +119,8 @@ def test_rename_with_changes(tmp_path):
     ("inserted above\n", False),  # a hunk at line 1 must match at the start of the file
 ])
 def test_hunk_at_the_start_is_anchored_like_git(tmp_path, drift, git_fits):
-    repo = tmp_path / "r"
-    repo.mkdir()
-    run_git(repo, "init", "-q")
     body = "".join(f"l{i}\n" for i in range(20))
-    (repo / "f.txt").write_text(body)
-    run_git(repo, "add", "f.txt")
-    run_git(repo, "commit", "-qm", "base")
+    repo = _repo_with(tmp_path, body.encode())
     (repo / "f.txt").write_text(body.replace("l1\n", "L1\n"))
     patch_text = run_git(repo, "diff")
     assert "@@ -1," in patch_text
@@ -141,13 +132,8 @@ def test_hunk_at_the_start_is_anchored_like_git(tmp_path, drift, git_fits):
 
 
 def test_hunk_without_trailing_context_is_anchored_at_the_end_like_git(tmp_path):
-    repo = tmp_path / "r"
-    repo.mkdir()
-    run_git(repo, "init", "-q")
     body = "".join(f"l{i}\n" for i in range(20))
-    (repo / "f.txt").write_text(body)
-    run_git(repo, "add", "f.txt")
-    run_git(repo, "commit", "-qm", "base")
+    repo = _repo_with(tmp_path, body.encode())
     (repo / "f.txt").write_text(body + "appended\n")
     patch_text = run_git(repo, "diff")
     (repo / "f.txt").write_text(body + "upstream added this\n")
