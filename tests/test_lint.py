@@ -88,3 +88,11 @@ def test_series_syntax_errors_name_the_line(world):
     (world.folder("slime") / "series").write_text("[base]\nslime:x.patch sha256=abc\n")
     code, out, _ = tool("lint")
     assert code == 1 and "sha256 of slime:x.patch must be 64 lowercase hex digits" in out
+
+
+def test_the_shipped_series_lint_clean(monkeypatch):
+    from conftest import REPO
+
+    monkeypatch.setenv("PATCHSTACK_ROOT", str(REPO))
+    code, out, _ = tool("lint")
+    assert code == 0, out
