@@ -6,6 +6,7 @@
 #   make sources            fetch and verify the pinned sources into the cache
 #   make workspace UPSTREAM=<name> [GEMMA4=1]   the series as commits on the pin, under out/workspace/
 #   make export UPSTREAM=<name>                 the workspace's commits back into patches/
+#   make rebase UPSTREAM=<name> TO=<version|commit> [CONTINUE=1]   the series onto a new upstream
 #
 # Sources come from UPSTREAM_<NAME>_GIT (a local mirror) or the URLs in patches/pins.toml.
 
@@ -16,7 +17,7 @@ PY      := $(VENV)/bin/python
 TOOL    := $(PY) -m patchstack
 SELECT  := $(if $(filter 1,$(GEMMA4)),--gemma4,)
 
-.PHONY: venv sources check lint test clean workspace export
+.PHONY: venv sources check lint test clean workspace export rebase
 
 venv: $(VENV)/.installed
 
@@ -36,6 +37,9 @@ workspace: venv
 
 export: venv
 	$(TOOL) export $(UPSTREAM) $(ARGS)
+
+rebase: venv
+	$(TOOL) rebase $(UPSTREAM) $(if $(TO),--to $(TO)) $(if $(filter 1,$(CONTINUE)),--continue) $(ARGS)
 
 lint: venv
 	$(TOOL) lint

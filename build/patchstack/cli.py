@@ -141,6 +141,24 @@ def cmd_export(m, args) -> int:
     return 0
 
 
+def cmd_rebase(m, args) -> int:
+    from . import rebase
+
+    if args.abort:
+        rebase.abort(m, args.upstream)
+        print(f"{args.upstream}: rebase dropped ({rebase.rebase_dir(m, args.upstream)} removed)")
+        return 0
+    if args.cont:
+        state = rebase.cont(m, args.upstream)
+    else:
+        if not args.to:
+            raise StackError("rebase needs --to VERSION_OR_COMMIT (or --continue / --abort)")
+        state = rebase.start(m, args.upstream, args.to, sha256=args.sha256, sdist=args.sdist, force=args.force,
+                             offline=args.offline)
+    print(rebase.summary(m, state))
+    return 1 if state.get("stopped") else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="patchstack", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -178,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="turn the workspace's commits back into patch files and the series")
     p.add_argument("upstream")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("rebase", help="regenerate the series onto a new upstream version, hunk by hunk")
+    p.add_argument("upstream")
+    p.add_argument("--to", help="the new version: a commit, a git tag, or a PyPI version for an upstream with an sdist")
+    p.add_argument("--sha256", help="the sdist's expected sha256 (default: the one the package index gives)")
+    p.add_argument("--sdist", help="a local path or URL of the new version's sdist (with --sha256)")
+    p.add_argument("--continue", dest="cont", action="store_true", help="go on after resolving conflicts")
+    p.add_argument("--abort", action="store_true", help="drop the rebase in progress")
+    p.add_argument("--force", action="store_true", help="drop a rebase in progress and start again")
+    p.add_argument("--offline", action="store_true")
+    p.set_defaults(func=cmd_rebase)
 
     p = sub.add_parser("lint", help="lint the series files and our patch files")
     p.set_defaults(func=cmd_lint)

@@ -19,7 +19,7 @@ class Sdist:
     url: str
     sha256: str
     prefix: str  # folder of the repository the archive's top folder maps to
-    commit: str  # the commit the tool makes from the archive (deterministic)
+    commit: str | None  # the commit the tool makes from the archive (deterministic); None: not yet known
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tarfile
 import tempfile
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,11 +183,13 @@ def _import_sdist(repo: Path, archive: Path, prefix: str, sha256: str) -> str:
     return git("rev-parse", ref, git_dir=repo).stdout.decode().strip()
 
 
-def sdist_source(up: Upstream, *, offline: bool = False) -> Source:
-    """The upstream from its PyPI sdist, as a deterministic commit in the cache."""
+def sdist_source(up: Upstream, *, offline: bool = False, url: str | None = None) -> Source:
+    """The upstream from its PyPI sdist, as a deterministic commit in the cache.
+
+    `url` overrides where the archive comes from (default: UPSTREAM_<NAME>_SDIST, else pins.toml)."""
     if up.sdist is None:
         raise StackError(f"{up.name} has no sdist in patches/pins.toml")
-    url = up.sdist_url()
+    url = url or up.sdist_url()
     repo = cache_root() / "git" / f"{up.name}.git"
     archive = cache_root() / "sdist" / Path(url).name
     with locked(up.name):
@@ -201,7 +205,7 @@ def sdist_source(up: Upstream, *, offline: bool = False) -> Source:
                     raise SourceUnavailable(up.name, f"{up.name}: the sdist is not in the cache and --offline was given")
                 _download(url, archive, up.sdist.sha256, up.name)
             commit = _import_sdist(repo, archive, up.sdist.prefix, up.sdist.sha256)
-            if commit != up.sdist.commit:
+            if up.sdist.commit is not None and commit != up.sdist.commit:
                 git("update-ref", "-d", ref, git_dir=repo)
                 raise StackError(
                     f"{up.name}: laying out the sdist gave commit {commit}, patches/pins.toml says {up.sdist.commit}",
@@ -210,6 +214,38 @@ def sdist_source(up: Upstream, *, offline: bool = False) -> Source:
                 )
             origin = f"PyPI sdist {archive.name} (sha256 verified)"
     return Source(up, GitTree(repo, commit, label=f"{up.name} {up.version} (sdist)"), origin, commit)
+
+
+def resolve_pypi_sdist(project: str, version: str) -> tuple[str, str]:
+    """The URL and sha256 of a project's sdist on the package index (PEP 691 JSON)."""
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple/").rstrip("/")
+    url = f"{index}/{project}/"
+    want = f"{project}-{version}.tar.gz"
+    try:
+        req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            data = json.load(r)
+    except (OSError, ValueError) as e:
+        raise SourceUnavailable(project, f"{project}: cannot read the package index {url}: {e}") from None
+    for f in data.get("files", []):
+        if f.get("filename") == want and f.get("hashes", {}).get("sha256"):
+            return urllib.parse.urljoin(url, f["url"]), f["hashes"]["sha256"]
+    raise StackError(f"{project}: no sdist {want} on {url}",
+                     hint="check the version; later releases may ship wheels only")
+
+
+def ls_remote_tag(up: Upstream, tag: str) -> str:
+    """The commit a tag names in the upstream's git remote."""
+    url, via = up.git_url()
+    p = git("ls-remote", url, f"refs/tags/{tag}", f"refs/tags/{tag}^{{}}", check=False, env=FETCH_TIMEOUT_ENV)
+    if p.returncode != 0:
+        raise SourceUnavailable(up.name, f"{up.name}: cannot reach {url} (from {via}): "
+                                + p.stderr.decode("utf-8", "replace").strip())
+    refs = dict(reversed(line.split("\t")) for line in p.stdout.decode().splitlines() if "\t" in line)
+    sha = refs.get(f"refs/tags/{tag}^{{}}") or refs.get(f"refs/tags/{tag}")
+    if not sha:
+        raise StackError(f"{up.name}: no tag {tag!r} in {url}", hint="give a commit, or a tag that exists")
+    return sha
 
 
 def source(up: Upstream, *, offline: bool = False, prefer_sdist: bool = False) -> Source:

@@ -100,12 +100,7 @@ def create(manifest: Manifest, upstream: str, groups: list[str], *, force: bool 
     tmp = ws.with_name(ws.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        git("init", "-q", str(tmp))
-        git("fetch", "-q", "--no-tags", str(src.tree.git_dir), src.commit, cwd=tmp)
-        git("checkout", "-q", "-b", "patches", src.commit, cwd=tmp)
-        git("tag", UPSTREAM_TAG, src.commit, cwd=tmp)
-        git("config", "patchstack.upstream", upstream, cwd=tmp)
-        git("config", "patchstack.groups", ",".join(groups), cwd=tmp)
+        init_tree(tmp, src, upstream, groups)
         for e, data in texts:
             patch = diff.parse(e.name, data)
             res = engine.apply_patch(patch, DirTree(tmp))
@@ -114,25 +109,39 @@ def create(manifest: Manifest, upstream: str, groups: list[str], *, force: bool 
                 raise StackError(f"{e.where()}: {e.name} does not fit {upstream} at its pin: {res.status}\n{detail}",
                                  hint="run `make check` for the full report")
             write_changes(tmp, res.changes)
-            h = parse_header(patch.header, e.name)
-            if e.is_external:
-                msg = (f"[external, not ours] {e.name}\n\nRead from {e.external_upstream}'s pinned tree; "
-                       f"edits to it are not exported into patches/.\n\n{T_EXTERNAL}: {e.name} sha256={e.sha256}\n"
-                       f"{T_GROUP}: {e.group}\n")
-            else:
-                msg = f"{h.subject}\n\n" + (f"{h.body}\n\n" if h.body else "") + \
-                    f"{T_PATCH}: {e.name}\n{T_GROUP}: {e.group}\n"
-            name, mail = email.utils.parseaddr(h.author)
-            env = {"GIT_AUTHOR_NAME": name or "patchstack", "GIT_AUTHOR_EMAIL": mail or "patchstack@localhost",
-                   "GIT_AUTHOR_DATE": h.date, "GIT_COMMITTER_NAME": name or "patchstack",
-                   "GIT_COMMITTER_EMAIL": mail or "patchstack@localhost", "GIT_COMMITTER_DATE": h.date}
-            git("add", "-A", cwd=tmp)
-            git("commit", "-q", "--allow-empty", "--no-verify", "-F", "-", cwd=tmp, input=msg.encode(), env=env)
+            commit_entry(tmp, e, patch)
         tmp.rename(ws)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ws
+
+
+def init_tree(path: Path, src: sources.Source, upstream: str, groups: list[str]) -> None:
+    """A checkout of the source's commit on branch 'patches', the commit tagged 'upstream'."""
+    git("init", "-q", str(path))
+    git("fetch", "-q", "--no-tags", str(src.tree.git_dir), src.commit, cwd=path)
+    git("checkout", "-q", "-b", "patches", src.commit, cwd=path)
+    git("tag", UPSTREAM_TAG, src.commit, cwd=path)
+    git("config", "patchstack.upstream", upstream, cwd=path)
+    git("config", "patchstack.groups", ",".join(groups), cwd=path)
+
+
+def commit_entry(tree: Path, e: series.Entry, patch: diff.Patch) -> None:
+    """Commit the tree's current changes as the series entry `e`: header and trailers from the patch."""
+    h = parse_header(patch.header, e.name)
+    if e.is_external:
+        msg = (f"[external, not ours] {e.name}\n\nRead from {e.external_upstream}'s pinned tree; "
+               f"edits to it are not exported into patches/.\n\n{T_EXTERNAL}: {e.name} sha256={e.sha256}\n"
+               f"{T_GROUP}: {e.group}\n")
+    else:
+        msg = f"{h.subject}\n\n" + (f"{h.body}\n\n" if h.body else "") + f"{T_PATCH}: {e.name}\n{T_GROUP}: {e.group}\n"
+    name, mail = email.utils.parseaddr(h.author)
+    name, mail = name or "patchstack", mail or "patchstack@localhost"
+    env = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": mail, "GIT_AUTHOR_DATE": h.date,
+           "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": mail, "GIT_COMMITTER_DATE": h.date}
+    git("add", "-A", cwd=tree)
+    git("commit", "-q", "--allow-empty", "--no-verify", "-F", "-", cwd=tree, input=msg.encode(), env=env)
 
 
 @dataclass

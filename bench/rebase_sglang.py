@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""A real upgrade: slime's v0.5.9 SGLang patch moved to SGLang v0.5.10.post1, by `patchstack rebase`
+and by git's own 3-way (apply on v0.5.9, cherry-pick onto v0.5.10.post1). Both sides come from the
+PyPI sdists; slime's patch from the slime source (a mirror via UPSTREAM_SLIME_GIT, or the cache).
+
+    python3 bench/rebase_sglang.py
+
+Prints, for each way, the files left with conflicts, the conflict regions (hunks), and the time.
+The repository's patches/ is not touched: the rebase runs on a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "build"))
+
+from patchstack import manifest, sources  # noqa: E402
+from patchstack.errors import SourceUnavailable  # noqa: E402
+
+TO = "0.5.10.post1"
+TO_SHA256 = "01f7adfe7cde85b238fb0e1bae4b31d494e19d1471cf35ff3c5489a02f9d2263"  # PyPI, checked 2026-11-22
+PATCH = "docker/patch/v0.5.9/sglang.patch"
+
+
+def git(*args, cwd=None, check=True):
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=check, text=True)
+
+
+def main() -> int:
+    m = manifest.load(ROOT)
+    try:
+        slime = sources.source(m.upstream("slime"))
+        old = sources.source(m.upstream("sglang"), prefer_sdist=True)
+    except SourceUnavailable as e:
+        print(f"cannot run: {e}")
+        return 1
+    patch = slime.tree.read(PATCH)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "stack"
+        shutil.copytree(ROOT / "patches", root / "patches")
+        env = {**os.environ, "PATCHSTACK_ROOT": str(root), "PYTHONPATH": str(ROOT / "build")}
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", "patchstack", "rebase", "sglang", "--to", TO,
+                            "--sha256", TO_SHA256], env=env, capture_output=True, text=True)
+        ours_s = time.perf_counter() - t
+        if p.returncode not in (0, 1):
+            print(p.stdout, p.stderr)
+            return 1
+        report = json.loads((root / "out" / "rebase-report.json").read_text())
+        hunks = [h for pt in report["patches"] for h in pt["hunks"]]
+        counts: dict[str, int] = {}
+        for h in hunks:
+            counts[h["status"]] = counts.get(h["status"], 0) + 1
+        conflicts = [h for h in hunks if h["status"] == "conflict"]
+        ours_files = len({h["file"] for h in conflicts})
+        renamed = {h["file"] for h in hunks if h.get("new_file")}
+        new_commit = report["to_commit"]
+
+        # git's 3-way, in a scratch clone of the cache repository that holds both sdist commits.
+        work = Path(tmp) / "git3way"
+        t = time.perf_counter()
+        git("clone", "-q", "--no-checkout", str(old.tree.git_dir), str(work))
+        git("checkout", "-q", "--detach", old.commit, cwd=work)
+        subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=work, input=patch, check=True)
+        git("add", "-A", cwd=work)
+        git("-c", "user.name=b", "-c", "user.email=b@example.invalid", "commit", "-qm", "slime", cwd=work)
+        patched = git("rev-parse", "HEAD", cwd=work).stdout.strip()
+        git("checkout", "-q", "--detach", new_commit, cwd=work)
+        git("-c", "user.name=b", "-c", "user.email=b@example.invalid", "cherry-pick", patched, cwd=work, check=False)
+        git_s = time.perf_counter() - t
+        unmerged = [f for f in git("diff", "--name-only", "--diff-filter=U", cwd=work).stdout.split() if f]
+        regions = sum((work / f).read_text(errors="replace").count("\n<<<<<<< ") +
+                      (work / f).read_text(errors="replace").startswith("<<<<<<< ") for f in unmerged)
+
+    print(f"slime's {PATCH}: {len(hunks)} hunks in {len({h['file'] for h in hunks})} files, "
+          f"SGLang v0.5.9 -> v{TO} (PyPI sdists)")
+    print(f"{'':<28}{'files with conflicts':>22}{'conflict regions':>18}{'seconds':>10}")
+    print(f"{'git apply + cherry-pick':<28}{len(unmerged):>22}{regions:>18}{git_s:>10.1f}")
+    print(f"{'patchstack rebase':<28}{ours_files:>22}{len(conflicts):>18}{ours_s:>10.1f}")
+    print("patchstack, per status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    print(f"renamed files followed: {', '.join(sorted(renamed)) or 'none'}")
+    print("files left with conflicts by patchstack: " + ", ".join(sorted({h['file'] for h in conflicts})))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,419 @@
+"""Regenerate a series onto a new upstream version, hunk by hunk.
+
+`rebase` takes every entry of the pinned series (all groups), in order, and places each hunk into
+the new upstream with merge.place(): the old side of the comparison is the pinned tree plus the
+entries before it, the new side the new tree plus the entries already rebased. Files that
+upstream renamed are followed (git's rename detection between the two trees). The result is built
+as commits in a workspace, out/rebase/<upstream>/tree, the new version tagged `upstream`; a
+conflict stops there with diff3 markers at exactly the conflicting hunks, and `--continue` picks
+up after a person resolves them. At the end our patches are exported beside the old version
+(patches/<upstream>/<new version>/, the old folder untouched); external patches are written under
+out/rebase/<upstream>/external/ only. out/rebase-report.json says what happened to every hunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+from . import diff, engine, merge, series, sources, workspace
+from .apply import write_changes
+from .check import PatchSource
+from .errors import StackError
+from .manifest import Manifest, Sdist, Upstream
+from .trees import REGULAR, DirTree, GitTree, Overlay, git
+
+STATE = "state.json"
+
+
+def rebase_dir(manifest: Manifest, upstream: str) -> Path:
+    return manifest.root / "out" / "rebase" / upstream
+
+
+def resolve_target(up: Upstream, to: str, *, sha256: str | None = None, sdist: str | None = None,
+                   offline: bool = False) -> tuple[Upstream, sources.Source]:
+    """The new upstream version: a commit, a git tag, or (for an upstream with an sdist) a PyPI version.
+
+    For a PyPI version the archive's URL and sha256 come from the package index; `sha256` pins the
+    expected digest (the index must agree), `sdist` names a local copy or another URL of the archive.
+    """
+    if re.fullmatch(r"[0-9a-f]{40}", to):
+        new = dataclasses.replace(up, version=to[:8], commit=to, sdist=None)
+        return new, sources.git_source(new, offline=offline)
+    if up.sdist is not None and re.fullmatch(r"v?\d+(\.\d+)*(\.?(post|rc|a|b|dev)\d+)?", to):
+        version = to.lstrip("v")
+        if sdist and sha256:
+            url = sdist
+        else:
+            url, indexed = sources.resolve_pypi_sdist(up.name, version)
+            if sha256 and sha256 != indexed:
+                raise StackError(f"{up.name} {version}: the package index gives sha256 {indexed}, not {sha256}")
+            sha256 = indexed
+            url = sdist or url
+        new = dataclasses.replace(up, version=f"v{version}", commit="", sdist=Sdist(url, sha256, up.sdist.prefix, None))
+        src = sources.sdist_source(new, offline=offline, url=url)
+        return dataclasses.replace(new, commit=src.commit), src
+    commit = sources.ls_remote_tag(up, to)
+    new = dataclasses.replace(up, version=to, commit=commit, sdist=None)
+    return new, sources.git_source(new, offline=offline)
+
+
+def renames(repo: Path, old: str, new: str) -> dict[str, str]:
+    """Files upstream moved between two commits (git's rename detection, 50% similarity)."""
+    out = git("diff", "--name-status", "-z", "-M50%", "--diff-filter=R", old, new, git_dir=repo).stdout.decode()
+    parts = [x for x in out.split("\0") if x]
+    moved = {}
+    for i in range(0, len(parts), 3):
+        moved[parts[i + 1]] = parts[i + 2]
+    return moved
+
+
+# ------------------------------------------------------------------ one patch
+
+
+def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str], labels: dict[str, str]
+                 ) -> tuple[list[dict], dict[str, tuple[str, bytes] | None], list[str]]:
+    """Place every hunk of `patch`. Returns the report rows, the new contents (with conflict
+    markers where needed), and the files left with conflicts."""
+    rows: list[dict] = []
+    changes: dict[str, tuple[str, bytes] | None] = {}
+    conflicted: list[str] = []
+    fitted = engine.apply_patch(patch, old)
+    if fitted.status != engine.FITS:
+        raise StackError(f"{patch.name} does not fit its current pin ({fitted.status})",
+                         hint="run `make check`: a series must fit its pin before it can be moved")
+    for fp in patch.files:
+        src_path = fp.old_path or fp.new_path
+        target = moved.get(src_path, src_path)  # type: ignore[arg-type]
+        dest = moved.get(fp.new_path, fp.new_path) if fp.new_path else None  # type: ignore[arg-type]
+        renamed_note = {"new_file": target} if target != src_path else {}
+        new_text = new_tree.read(target)
+        mode = new_tree.mode(target) or REGULAR
+
+        if fp.is_new:
+            _, wanted = engine.apply_hunks(fp, b"")
+            if new_text is None:
+                status = merge.CLEAN
+                changes[dest] = (fp.new_mode or REGULAR, wanted)  # type: ignore[index]
+            elif new_text == wanted:
+                status = merge.UPSTREAMED
+            else:
+                status = merge.CONFLICT
+                block = merge.markers(diff.split_lines(new_text), [], diff.split_lines(wanted), **labels)
+                changes[dest] = (mode, b"".join(block))  # type: ignore[index]
+                conflicted.append(dest)  # type: ignore[arg-type]
+            rows += [{"file": dest, "old_start": h.old_start, "status": status,
+                      **({"reason": "upstream has a different file at this path"} if status == merge.CONFLICT else {})}
+                     for h in fp.hunks] or [{"file": dest, "old_start": 0, "status": status}]
+            continue
+        if new_text is None:
+            status = merge.UPSTREAMED if fp.is_delete else merge.CONFLICT
+            reason = "" if fp.is_delete else "upstream deleted this file"
+            rows += [{"file": src_path, "old_start": h.old_start, "status": status, **({"reason": reason} if reason else {})}
+                     for h in fp.hunks] or [{"file": src_path, "old_start": 0, "status": status}]
+            if status == merge.CONFLICT:
+                rej = f"{src_path}.rej"
+                changes[rej] = (REGULAR, _hunks_text(fp))
+                conflicted.append(rej)
+            continue
+
+        old_lines = diff.split_lines(old.read(src_path) or b"")
+        new_lines = diff.split_lines(new_text)
+        m = merge.align(old_lines, new_lines)
+        placements = []
+        work = list(old_lines)
+        delta = 0
+        for h in fp.hunks:
+            pos = engine.find(work, h.before, h.new_start - 1 if h.new_start else 0,
+                              h.old_start in (0, 1), h.trailing == 0 and bool(h.before))
+            assert pos is not None  # the patch fits the old side: checked above
+            work[pos:pos + len(h.before)] = h.after
+            p_old = pos - delta
+            delta += len(h.after) - len(h.before)
+            pl = merge.place(h, old_lines, new_lines, m, p_old)
+            placements.append((h, pl))
+        # Two hunks may not claim overlapping lines: the later one becomes a conflict.
+        last_end = -1
+        for i, (h, pl) in enumerate(sorted(placements, key=lambda x: (x[1].start, x[1].end))):
+            if pl.status not in (merge.UPSTREAMED,) and pl.start < last_end:
+                pl.status, pl.reason = merge.CONFLICT, "overlaps the place of an earlier hunk"
+            if pl.status != merge.UPSTREAMED:
+                last_end = max(last_end, pl.end)
+        out = list(new_lines)
+        any_conflict = False
+        for h, pl in sorted(placements, key=lambda x: (x[1].start, x[1].end), reverse=True):
+            if pl.status == merge.UPSTREAMED:
+                continue
+            if pl.status == merge.CONFLICT:
+                any_conflict = True
+                out[pl.start:pl.end] = merge.markers(new_lines[pl.start:pl.end], h.before, h.after, **labels)
+            else:
+                out[pl.start:pl.end] = pl.lines
+        for h, pl in placements:
+            row = {"file": target, "old_start": h.old_start, "status": pl.status, "at": pl.start + 1, **renamed_note}
+            if pl.reason:
+                row["reason"] = pl.reason
+            rows.append(row)
+        body = b"".join(out)
+        if fp.is_delete and not any_conflict:
+            changes[target] = None if not body else (mode, body)
+        else:
+            changes[dest or target] = (fp.new_mode or mode, body)
+            if dest and dest != target:
+                changes[target] = None
+        if any_conflict:
+            conflicted.append(dest or target)
+    return rows, changes, conflicted
+
+
+def _hunks_text(fp: diff.FilePatch) -> bytes:
+    out = [f"--- a/{fp.old_path}\n+++ b/{fp.new_path}\n".encode()]
+    for h in fp.hunks:
+        out.append(h.header.encode() + b"\n")
+        out += [k.encode() + t + (b"" if t.endswith(b"\n") else b"\n\\ No newline at end of file\n") for k, t in h.lines]
+    return b"".join(out)
+
+
+# ------------------------------------------------------------------ the run
+
+
+def start(manifest: Manifest, upstream: str, to: str, *, sha256: str | None = None, sdist: str | None = None,
+          force: bool = False, offline: bool = False) -> dict:
+    up = manifest.upstream(upstream)
+    rd = rebase_dir(manifest, upstream)
+    if rd.exists():
+        if not force:
+            raise StackError(f"a rebase of {upstream} is in progress in {rd}",
+                             hint="finish it with --continue, or start again with --abort first")
+        shutil.rmtree(rd)
+    t0 = time.monotonic()
+    old_src = sources.source(up, offline=offline)
+    new_up, new_src = resolve_target(up, to, sha256=sha256, sdist=sdist, offline=offline)
+    folder = manifest.patches_dir / upstream / new_up.version
+    if folder.exists():
+        raise StackError(f"{folder} already exists", hint="the new version's series is there already; remove it "
+                         "to regenerate it")
+    entries = series.load(manifest, upstream).selected(manifest.groups)
+    reader = PatchSource(manifest, offline)
+    texts = {e.name: reader.read(e).decode("utf-8", "surrogateescape") for e in entries}
+    tree = rd / "tree"
+    rd.mkdir(parents=True)
+    workspace.init_tree(tree, new_src, upstream, manifest.groups)
+    state = {
+        "upstream": upstream, "from": up.version, "from_commit": old_src.commit, "to": new_up.version,
+        "to_commit": new_src.commit, "to_origin": new_src.origin,
+        "to_sdist": dataclasses.asdict(new_up.sdist) if new_up.sdist else None,
+        "git_dir": str(old_src.tree.git_dir), "new_git_dir": str(new_src.tree.git_dir),
+        "entries": [{"name": e.name, "group": e.group, "external": e.is_external,
+                     "line": f"{e.name} sha256={e.sha256}" if e.is_external else e.name,
+                     "text": texts[e.name]} for e in entries],
+        "next": 0, "pending": None, "report": [], "seconds": 0.0,
+    }
+    state["seconds"] = time.monotonic() - t0
+    return _run(manifest, rd, state)
+
+
+def _save(rd: Path, state: dict) -> None:
+    tmp = rd / (STATE + ".tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(rd / STATE)
+
+
+def _load(rd: Path) -> dict:
+    try:
+        return json.loads((rd / STATE).read_text())
+    except FileNotFoundError:
+        raise StackError(f"no rebase in progress in {rd}", hint="start one with make rebase UPSTREAM=... TO=...") from None
+
+
+def _old_overlay(state: dict, upto: int) -> Overlay:
+    """The pinned tree with the first `upto` entries applied: the old side for entry `upto`."""
+    ov = Overlay(GitTree(Path(state["git_dir"]), state["from_commit"]))
+    for e in state["entries"][:upto]:
+        res = engine.apply_patch(diff.parse(e["name"], e["text"].encode("utf-8", "surrogateescape")), ov)
+        ov.update(res.changes)
+    return ov
+
+
+def _run(manifest: Manifest, rd: Path, state: dict) -> dict:
+    t0 = time.monotonic()
+    tree = rd / "tree"
+    moved = renames(Path(state["git_dir"]), state["from_commit"], state["to_commit"])
+    old = _old_overlay(state, state["next"])
+    labels = {"new_label": f"upstream {state['to']}", "old_label": f"upstream {state['from']} (what the patch expects)"}
+    entries = state["entries"]
+    while state["next"] < len(entries):
+        i = state["next"]
+        e = entries[i]
+        patch = diff.parse(e["name"], e["text"].encode("utf-8", "surrogateescape"))
+        rows, changes, conflicted = rebase_patch(patch, old, DirTree(tree), moved,
+                                                 {**labels, "patch_label": e["name"]})
+        state["report"].append({"name": e["name"], "group": e["group"], "external": e["external"], "hunks": rows})
+        write_changes(tree, changes)
+        res = engine.apply_patch(patch, old)
+        old.update(res.changes)
+        if conflicted:
+            state["pending"] = {"index": i, "files": conflicted}
+            state["next"] = i  # the commit is made by --continue
+            state["seconds"] += time.monotonic() - t0
+            _save(rd, state)
+            state["stopped"] = True
+            _write_report(manifest, state)
+            return state
+        _commit(tree, e, patch)
+        state["next"] = i + 1
+        _save(rd, state)
+    state["seconds"] += time.monotonic() - t0
+    _finish(manifest, rd, state)
+    return state
+
+
+def _commit(tree: Path, e: dict, patch: diff.Patch) -> None:
+    if e["external"]:
+        up_name, path = e["name"].split(":", 1)
+        entry = series.Entry(e["group"], e["name"], 0, Path("series"), up_name, path, e["line"].split("sha256=")[1])
+    else:
+        entry = series.Entry(e["group"], e["name"], 0, Path("series"))
+    workspace.commit_entry(tree, entry, patch)
+
+
+def cont(manifest: Manifest, upstream: str) -> dict:
+    rd = rebase_dir(manifest, upstream)
+    state = _load(rd)
+    pending = state.get("pending")
+    tree = rd / "tree"
+    if pending:
+        left = []
+        for rel in pending["files"]:
+            p = tree / rel
+            if rel.endswith(".rej") and p.exists():
+                left.append(f"{rel} (delete it once its hunks are dealt with)")
+            elif p.exists() and any(line.startswith((b"<<<<<<< ", b">>>>>>> ", b"||||||| "))
+                                    for line in diff.split_lines(p.read_bytes())):
+                left.append(f"{rel} (conflict markers)")
+        if left:
+            raise StackError("conflicts are left in " + str(tree) + ":\n    " + "\n    ".join(left),
+                             hint="resolve them, then run the same --continue again")
+        e = state["entries"][pending["index"]]
+        for row in state["report"][-1]["hunks"]:
+            if row["status"] == merge.CONFLICT:
+                row["resolved"] = True
+        _commit(tree, e, diff.parse(e["name"], e["text"].encode("utf-8", "surrogateescape")))
+        state["next"] = pending["index"] + 1
+        state["pending"] = None
+        _save(rd, state)
+    return _run(manifest, rd, state)
+
+
+def abort(manifest: Manifest, upstream: str) -> None:
+    rd = rebase_dir(manifest, upstream)
+    _load(rd)
+    shutil.rmtree(rd)
+
+
+def _finish(manifest: Manifest, rd: Path, state: dict) -> None:
+    """Export our patches beside the old version; external ones under out/ only."""
+    upstream = state["upstream"]
+    tree = rd / "tree"
+    folder = manifest.patches_dir / upstream / state["to"]
+    commits = git("rev-list", "--reverse", f"{workspace.UPSTREAM_TAG}..HEAD", cwd=tree).stdout.decode().split()
+    ext_dir = rd / "external"
+    folder.mkdir(parents=True)
+    lines: list[tuple[str, str]] = []
+    for c, e in zip(commits, state["entries"]):
+        data = workspace.render(tree, c)
+        if git("diff", "--quiet", f"{c}^", c, cwd=tree, check=False).returncode == 0:
+            lines.append((e["group"], f"# {e['line']}  -- dropped: upstream {state['to']} has all of it"))
+            continue
+        if e["external"]:
+            ext_dir.mkdir(exist_ok=True)
+            (ext_dir / e["name"].replace(":", "_").replace("/", "_")).write_bytes(data)
+            lines.append((e["group"], f"# {e['line']}  -- rebased copy in out/rebase/{upstream}/external/; "
+                          "point this entry at the upstream's own patch for this version"))
+        else:
+            (folder / e["name"]).write_bytes(data)
+            lines.append((e["group"], e["name"]))
+    old_series = series.load(manifest, upstream)
+    text = f"# Patch series for {upstream} {state['to']}, regenerated from {state['from']} by `make rebase`.\n"
+    text += "# Format: see patches/sglang/v0.5.9/series.\n"
+    for g in manifest.groups:
+        text += f"\n[{g}]\n" + "".join(f"{line}\n" for grp, line in lines if grp == g)
+    (folder / series.SERIES_FILE).write_text(text)
+    assert old_series  # the old folder is left as it was
+    state["done"] = True
+    state["folder"] = str(folder)
+    _write_report(manifest, state)
+    shutil.copyfile(manifest.root / "out" / "rebase-report.json", rd / "rebase-report.json")
+
+
+def _write_report(manifest: Manifest, state: dict) -> None:
+    rep = {"upstream": state["upstream"], "from": state["from"], "to": state["to"],
+           "from_commit": state["from_commit"], "to_commit": state["to_commit"], "to_origin": state["to_origin"],
+           "seconds": round(state["seconds"], 2), "done": bool(state.get("done")),
+           "patches": state["report"]}
+    if state.get("to_sdist"):
+        rep["to_sdist"] = state["to_sdist"]
+    out = manifest.root / "out" / "rebase-report.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rep, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------ summaries
+
+
+def summary(manifest: Manifest, state: dict) -> str:
+    statuses = [merge.CLEAN, merge.OFFSET, merge.FUZZY, merge.MERGED, merge.UPSTREAMED, merge.CONFLICT]
+    lines = [f"{state['upstream']}: {state['from']} -> {state['to']} ({state['to_origin']}), "
+             f"{state['seconds']:.1f} s"]
+    for p in state["report"]:
+        counts = {s: sum(1 for h in p["hunks"] if h["status"] == s) for s in statuses}
+        files = len({h["file"] for h in p["hunks"]})
+        lines.append(f"  {p['name']}{' (external)' if p['external'] else ''}: {len(p['hunks'])} hunks in {files} "
+                     "files: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        for h in p["hunks"]:
+            if h["status"] == merge.CONFLICT and not h.get("resolved"):
+                lines.append(f"    conflict: {h['file']} hunk at old line {h['old_start']}: {h.get('reason', '')}")
+        lines.append(f"    interdiff: {_interdiff(p)}")
+    tree = rebase_dir(manifest, state["upstream"]) / "tree"
+    if state.get("stopped"):
+        files = state["pending"]["files"]
+        lines.append(f"STOPPED at {state['entries'][state['pending']['index']]['name']}: conflicts in "
+                     f"{len(files)} files, marked in {tree}:")
+        lines += [f"    {f}" for f in files]
+        lines.append(f"resolve them there, then: make rebase UPSTREAM={state['upstream']} CONTINUE=1 "
+                     f"(or ARGS=--abort to drop the rebase)")
+    elif state.get("done"):
+        lines.append(f"wrote {state['folder']} (the {state['from']} folder is untouched); "
+                     "report: out/rebase-report.json")
+        if state.get("to_sdist"):
+            sd = state["to_sdist"]
+            lines.append("to move the pin, in patches/pins.toml:\n"
+                         f'  version = "{state["to"]}"\n  [upstream.{state["upstream"]}.sdist] url = "{sd["url"]}"\n'
+                         f'  sha256 = "{sd["sha256"]}"\n  commit = "{state["to_commit"]}"\n'
+                         "  (and commit = the release's git commit, from its tag)")
+        else:
+            lines.append(f'to move the pin, in patches/pins.toml: version = "{state["to"]}", '
+                         f'commit = "{state["to_commit"]}"')
+    return "\n".join(lines)
+
+
+def _interdiff(p: dict) -> str:
+    hunks = p["hunks"]
+    dropped = sum(h["status"] == merge.UPSTREAMED for h in hunks)
+    resolved = sum(h["status"] == merge.CONFLICT and bool(h.get("resolved")) for h in hunks)
+    open_ = sum(h["status"] == merge.CONFLICT and not h.get("resolved") for h in hunks)
+    if not dropped and not resolved and not open_:
+        moved = sum(h["status"] in (merge.OFFSET, merge.FUZZY, merge.MERGED) for h in hunks)
+        return "same change, only moved" + (f" ({moved} hunks at new places or with new context)" if moved else "")
+    parts = []
+    if dropped:
+        parts.append(f"{dropped} hunks dropped (upstream has them)")
+    if resolved:
+        parts.append(f"{resolved} hunks resolved by hand")
+    if open_:
+        parts.append(f"{open_} hunks in conflict")
+    return "changes what the code does: " + ", ".join(parts)
