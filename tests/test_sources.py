@@ -53,6 +53,26 @@ def test_sdist_is_laid_out_under_its_prefix_as_the_same_commit_everywhere(world,
     assert "from the cache" in sources.source(manifest.load().upstream("pkg")).origin
 
 
+def test_a_wheel_is_laid_out_like_the_package_folder(world, tmp_path):
+    import zipfile
+
+    wheel = tmp_path / "pkg-2.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("pkg/__init__.py", "x = 2\n")
+        z.writestr("pkg/sub/mod.py", "y = 3\n")
+        z.writestr("pkg-2.0.dist-info/METADATA", "Name: pkg\n")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    (world.root / "patches" / "pins.toml").write_text(
+        f'[upstream.pkg]\nversion = "v2"\ncommit = "{"a" * 40}"\ngit = "https://example.invalid/pkg.git"\n'
+        f'image_path = "/opt/pkg"\n[upstream.pkg.sdist]\nurl = "{wheel}"\nsha256 = "{digest}"\n'
+        f'prefix = "python"\ncommit = "{"0" * 40}"\n[groups]\norder = ["base"]\n')
+    up = manifest.load().upstream("pkg")
+    up = __import__("dataclasses").replace(up, sdist=__import__("dataclasses").replace(up.sdist, commit=None))
+    src = sources.sdist_source(up)
+    assert sorted(src.tree.paths()) == ["python/pkg/__init__.py", "python/pkg/sub/mod.py"]
+    assert "PyPI wheel" in src.origin
+
+
 def test_sdist_with_the_wrong_sha256_is_refused_and_not_cached(world, tmp_path):
     archive, digest = _sdist_world(world, tmp_path, sha256="f" * 64)
     with pytest.raises(StackError) as e:

@@ -22,6 +22,7 @@ import tarfile
 import tempfile
 import urllib.parse
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +153,35 @@ def _download(url: str, dest: Path, sha256: str, name: str) -> None:
     os.replace(tmp, dest)
 
 
+def _kind(archive: Path) -> str:
+    return "wheel" if archive.name.endswith(".whl") else "sdist"
+
+
+def _members(archive: Path):
+    """(path, bytes, git mode) of each file of an sdist (its top folder stripped) or a wheel.
+
+    A wheel holds the package at its top, as the repository's python/ folder does, less the
+    build files; its .dist-info folder is metadata, not source, and is left out."""
+    if archive.name.endswith(".whl"):
+        with zipfile.ZipFile(archive) as z:
+            for info in z.infolist():
+                top = info.filename.split("/", 1)[0]
+                if info.is_dir() or top.endswith((".dist-info", ".data")):
+                    continue
+                mode = "100755" if (info.external_attr >> 16) & 0o111 else "100644"
+                yield info.filename, z.read(info), mode
+        return
+    with tarfile.open(archive) as tar:
+        for m in tar.getmembers():
+            parts = m.name.split("/", 1)
+            if len(parts) < 2 or not parts[1] or m.isdir():
+                continue
+            if m.issym():
+                yield parts[1], m.linkname.encode(), "120000"
+            elif m.isfile():
+                yield parts[1], tar.extractfile(m).read(), "100755" if m.mode & 0o111 else "100644"  # type: ignore[union-attr]
+
+
 def _import_sdist(repo: Path, archive: Path, prefix: str, sha256: str) -> str:
     """Commit the archive's files (minus its top folder) under `prefix`; return the commit.
 
@@ -163,22 +193,11 @@ def _import_sdist(repo: Path, archive: Path, prefix: str, sha256: str) -> str:
     who = f"{SDIST_IDENTITY['GIT_COMMITTER_NAME']} <{SDIST_IDENTITY['GIT_COMMITTER_EMAIL']}> " \
           f"{SDIST_IDENTITY['GIT_COMMITTER_DATE']}"
     stream = [f"commit {ref}\nauthor {who}\ncommitter {who}\ndata {len(msg)}\n".encode(), msg, b"\n"]
-    with tarfile.open(archive) as tar:
-        for m in tar.getmembers():
-            parts = m.name.split("/", 1)
-            if len(parts) < 2 or not parts[1] or m.isdir():
-                continue
-            rel = f"{prefix}/{parts[1]}" if prefix else parts[1]
-            if "\n" in rel or rel.startswith('"'):
-                raise StackError(f"{archive}: cannot lay out the member {m.name!r}")
-            if m.issym():
-                data, mode = m.linkname.encode(), "120000"
-            elif m.isfile():
-                data = tar.extractfile(m).read()  # type: ignore[union-attr]
-                mode = "100755" if m.mode & 0o111 else "100644"
-            else:
-                continue
-            stream += [f"M {mode} inline {rel}\ndata {len(data)}\n".encode(), data, b"\n"]
+    for rel, data, mode in _members(archive):
+        rel = f"{prefix}/{rel}" if prefix else rel
+        if "\n" in rel or rel.startswith('"'):
+            raise StackError(f"{archive}: cannot lay out the member {rel!r}")
+        stream += [f"M {mode} inline {rel}\ndata {len(data)}\n".encode(), data, b"\n"]
     git("fast-import", "--quiet", "--force", git_dir=repo, input=b"".join(stream))
     return git("rev-parse", ref, git_dir=repo).stdout.decode().strip()
 
@@ -197,7 +216,7 @@ def sdist_source(up: Upstream, *, offline: bool = False, url: str | None = None)
         ref = f"refs/sdist/{up.sdist.sha256}"
         p = git("rev-parse", "-q", "--verify", ref, git_dir=repo, check=False)
         if p.returncode == 0:
-            commit, origin = p.stdout.decode().strip(), f"PyPI sdist from the cache ({archive.name}, sha256 verified)"
+            commit, origin = p.stdout.decode().strip(), f"PyPI {_kind(archive)} from the cache ({archive.name}, sha256 verified)"
         else:
             archive.parent.mkdir(parents=True, exist_ok=True)
             if not archive.exists() or hashlib.sha256(archive.read_bytes()).hexdigest() != up.sdist.sha256:
@@ -212,12 +231,13 @@ def sdist_source(up: Upstream, *, offline: bool = False, url: str | None = None)
                     hint="the layout rules changed (or git did); if on purpose, update [upstream."
                     f"{up.name}.sdist] commit",
                 )
-            origin = f"PyPI sdist {archive.name} (sha256 verified)"
+            origin = f"PyPI {_kind(archive)} {archive.name} (sha256 verified)"
     return Source(up, GitTree(repo, commit, label=f"{up.name} {up.version} (sdist)"), origin, commit)
 
 
 def resolve_pypi_sdist(project: str, version: str) -> tuple[str, str]:
-    """The URL and sha256 of a project's sdist on the package index (PEP 691 JSON)."""
+    """The URL and sha256 of a project's sdist on the package index (PEP 691 JSON), or of a wheel
+    of that version when the release ships no sdist."""
     index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple/").rstrip("/")
     url = f"{index}/{project}/"
     want = f"{project}-{version}.tar.gz"
@@ -227,11 +247,18 @@ def resolve_pypi_sdist(project: str, version: str) -> tuple[str, str]:
             data = json.load(r)
     except (OSError, ValueError) as e:
         raise SourceUnavailable(project, f"{project}: cannot read the package index {url}: {e}") from None
-    for f in data.get("files", []):
-        if f.get("filename") == want and f.get("hashes", {}).get("sha256"):
+    files = [f for f in data.get("files", []) if f.get("hashes", {}).get("sha256") and not f.get("yanked")]
+    for f in files:
+        if f.get("filename") == want:
             return urllib.parse.urljoin(url, f["url"]), f["hashes"]["sha256"]
-    raise StackError(f"{project}: no sdist {want} on {url}",
-                     hint="check the version; later releases may ship wheels only")
+    # No sdist: a wheel of that version holds the same package sources (pure Python first).
+    prefix = f"{project.replace('-', '_')}-{version}-"
+    wheels = sorted((f for f in files if f["filename"].startswith(prefix) and f["filename"].endswith(".whl")),
+                    key=lambda f: ("-none-any.whl" not in f["filename"], "x86_64" not in f["filename"], f["filename"]))
+    if wheels:
+        return urllib.parse.urljoin(url, wheels[0]["url"]), wheels[0]["hashes"]["sha256"]
+    raise StackError(f"{project}: neither an sdist nor a wheel of {version} on {url}",
+                     hint="check the version")
 
 
 def ls_remote_tag(up: Upstream, tag: str) -> str:
