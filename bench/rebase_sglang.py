@@ -11,6 +11,7 @@ The repository's patches/ is not touched: the rebase runs on a copy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,6 +28,10 @@ from patchstack import manifest, sources  # noqa: E402
 from patchstack.errors import SourceUnavailable  # noqa: E402
 
 TO = "0.5.10.post1"
+# slime's own port of its patch to v0.5.10.post1 ("[docker] upgrade sglang to v0.5.10.post1 (#1874)"),
+# made by its maintainers: what a person did with the same job. Compared when reachable.
+SLIME_PORT = "f588adda51a1d01c05e7f792b4252eb3a6bd659f"
+PORT_PATH = "docker/patch/latest/sglang.patch"
 TO_SHA256 = "01f7adfe7cde85b238fb0e1bae4b31d494e19d1471cf35ff3c5489a02f9d2263"  # PyPI, checked 2026-11-22
 PATCH = "docker/patch/v0.5.9/sglang.patch"
 
@@ -82,6 +87,29 @@ def main() -> int:
         regions = sum((work / f).read_text(errors="replace").count("\n<<<<<<< ") +
                       (work / f).read_text(errors="replace").startswith("<<<<<<< ") for f in unmerged)
 
+        # What slime's maintainers made of the same job, file by file, where the rebase left no conflict.
+        port_line = "slime's own port: not reachable (needs slime " + SLIME_PORT[:9] + \
+                    " via UPSTREAM_SLIME_GIT or the network), comparison skipped"
+        try:
+            port_src = sources.git_source(dataclasses.replace(m.upstream("slime"), commit=SLIME_PORT))
+            human = Path(tmp) / "port"
+            git("clone", "-q", "--no-checkout", str(old.tree.git_dir), str(human))
+            git("checkout", "-q", "--detach", new_commit, cwd=human)
+            subprocess.run(["git", "apply", "--whitespace=nowarn", "-"], cwd=human,
+                           input=port_src.tree.read(PORT_PATH), check=True)
+            ours = root / "out" / "rebase" / "sglang" / "tree"
+            placed = sorted({h["file"] for h in hunks} - {h["file"] for h in conflicts})
+
+            def read(base: Path, f: str):
+                return (base / f).read_bytes() if (base / f).exists() else None
+
+            same = [f for f in placed if read(ours, f) == read(human, f)]
+            port_line = (f"slime's own port ({SLIME_PORT[:9]}): of the {len(placed)} files the rebase placed "
+                         f"without conflict, {len(same)} are byte-identical to the maintainers' result; "
+                         f"differing: {', '.join(f.split('/srt/')[-1] for f in placed if f not in same)}")
+        except (SourceUnavailable, subprocess.CalledProcessError) as e:
+            port_line += f" ({e})" if isinstance(e, SourceUnavailable) else ""
+
     print(f"slime's {PATCH}: {len(hunks)} hunks in {len({h['file'] for h in hunks})} files, "
           f"SGLang v0.5.9 -> v{TO} (PyPI sdists)")
     print(f"{'':<28}{'files with conflicts':>22}{'conflict regions':>18}{'seconds':>10}")
@@ -90,6 +118,7 @@ def main() -> int:
     print("patchstack, per status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     print(f"renamed files followed: {', '.join(sorted(renamed)) or 'none'}")
     print("files left with conflicts by patchstack: " + ", ".join(sorted({h['file'] for h in conflicts})))
+    print(port_line)
     return 0
 
 

@@ -170,3 +170,13 @@ def test_upstream_adding_lines_at_the_same_place_keeps_both():
     # And where upstream added exactly our line, the hunk is upstreamed.
     new = old[:6] + [b"ours\n"] + old[6:]
     assert merge.place(h, old, new, merge.align(old, new), 3).status == merge.UPSTREAMED
+
+
+def test_upstream_adding_lines_like_ours_at_the_same_place_is_a_conflict():
+    """Keeping both would run the same logic twice: a person must choose."""
+    old = numbered(10, "l").encode().splitlines(keepends=True)
+    h = diff.parse("p", b"--- a/f\n+++ b/f\n@@ -4,6 +4,8 @@\n l 4\n l 5\n l 6\n"
+                   b"+if fusion_enabled:\n+    x = fused(x)\n l 7\n l 8\n l 9\n").files[0].hunks[0]
+    new = old[:6] + [b"if fusion_enabled:\n", b"    x = fused(x, y)\n"] + old[6:]
+    pl = merge.place(h, old, new, merge.align(old, new), 3)
+    assert pl.status == merge.CONFLICT and "lines like the hunk's" in pl.reason

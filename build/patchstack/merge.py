@@ -168,6 +168,15 @@ def place(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p: i
     return _conflict(h, new, m, p, reason)
 
 
+def _shared(theirs: list[bytes], ours: list[bytes]) -> bool:
+    """Whether upstream's added lines look like ours: half or more of ours that say something (not
+    blank, not a lone bracket) are among them. Then keeping both would run the logic twice."""
+    def meaningful(lines: list[bytes]) -> set[bytes]:
+        return {x.strip() for x in lines if len(x.strip()) >= 4}
+    mine = meaningful(ours)
+    return bool(mine) and len(mine & meaningful(theirs)) * 2 >= len(mine)
+
+
 def _blocks(h: Hunk, p: int) -> tuple[list[int], list[tuple[int, int, list[bytes]]]]:
     """The hunk's context lines (old indices) and its changes as (first old index, end, added lines)."""
     context: list[int] = []
@@ -243,6 +252,9 @@ def _merge3(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p:
             if any(theirs[k:k + len(added)] == added for k in range(len(theirs) - len(added) + 1)):
                 done += 1
                 notes.add("upstream already added some of its lines")
+            elif _shared(theirs, added):
+                # Upstream added something like ours here: both would run. A person must choose.
+                return "upstream added lines like the hunk's at the same place"
             else:
                 inserts.setdefault(aj, []).extend(added)
                 if theirs:
