@@ -7,6 +7,10 @@
 #   make workspace UPSTREAM=<name> [GEMMA4=1]   the series as commits on the pin, under out/workspace/
 #   make export UPSTREAM=<name>                 the workspace's commits back into patches/
 #   make rebase UPSTREAM=<name> TO=<version|commit> [CONTINUE=1]   the series onto a new upstream
+#   make image [GEMMA4=1] [TAG=...]   the GPU image (needs a Docker engine)
+#   make image-smoke [GEMMA4=1]        offline smoke build of the same Dockerfile, checked inside
+#   make inspect IMAGE=...             an image's provenance labels
+#   make push REGISTRY=... [GEMMA4=1]  push the image's tags
 #
 # Sources come from UPSTREAM_<NAME>_GIT (a local mirror) or the URLs in patches/pins.toml.
 
@@ -17,7 +21,7 @@ PY      := $(VENV)/bin/python
 TOOL    := $(PY) -m patchstack
 SELECT  := $(if $(filter 1,$(GEMMA4)),--gemma4,)
 
-.PHONY: venv sources check lint test clean workspace export rebase
+.PHONY: venv sources check lint test clean workspace export rebase image image-smoke inspect push
 
 venv: $(VENV)/.installed
 
@@ -40,6 +44,18 @@ export: venv
 
 rebase: venv
 	$(TOOL) rebase $(UPSTREAM) $(if $(TO),--to $(TO)) $(if $(filter 1,$(CONTINUE)),--continue) $(ARGS)
+
+image: venv
+	$(TOOL) image $(SELECT) $(if $(TAG),--tag $(TAG)) $(ARGS)
+
+image-smoke: venv
+	$(TOOL) image-smoke $(SELECT) $(ARGS)
+
+inspect: venv
+	$(TOOL) inspect $(IMAGE)
+
+push: venv
+	$(TOOL) push $(SELECT) --registry $(REGISTRY) $(if $(TAG),--tag $(TAG))
 
 lint: venv
 	$(TOOL) lint

@@ -192,3 +192,22 @@ def test_cache_lock_serialises_fetches(world):
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err.decode()
     assert up.pin[:12].encode() in out
+
+
+def test_allow_skip_applies_only_what_comes_before_an_unreachable_entry(world, tmp_path, monkeypatch):
+    up = world.upstream("sglang", {"a.py": FILE})
+    world.add_patch("sglang", "0001-a.patch", up.diff({"a.py": FILE.replace("line 7\n", "seven\n")}))
+    world.upstream("slime", {"p.patch": "unused\n"})
+    world.add_external("sglang", "slime:p.patch", "0" * 64)
+    world.add_patch("sglang", "0002-b.patch", up.diff({"a.py": FILE.replace("line 40\n", "forty\n")}))
+    monkeypatch.setenv("UPSTREAM_SLIME_GIT", str(tmp_path / "unreachable"))
+    target = up.checkout(tmp_path / "target")
+    before = tree_digest(target)
+    code, _, err = tool("apply", "sglang", "--tree", str(target))
+    assert code == 2 and "could not be read or checked" in err
+    assert tree_digest(target) == before
+    code, out, err = tool("apply", "sglang", "--tree", str(target), "--allow-skip")
+    assert code == 0, err
+    assert "applied 1 patches" in out and "left out" in out and "slime:p.patch, 0002-b.patch" in out
+    text = (target / "a.py").read_text()
+    assert "seven\n" in text and "forty\n" not in text

@@ -197,3 +197,21 @@ def test_check_tree_expect_applied(world, tmp_path):
     assert tool("apply", "megatron", "--tree", str(tree))[0] == 0
     code, out, _ = tool("check", "megatron", "--tree", str(tree), "--expect", "applied")
     assert code == 0 and "applied   [base] 0001-a.patch" in out
+
+
+def test_patched_tree_reads_as_applied_even_where_the_context_repeats(world, tmp_path):
+    """The hunk's context occurs twice: on a patched tree it would 'fit' again at the second place."""
+    block = "def f():\n    a = 1\n    b = 2\n    c = 3\n    return a\n\n"
+    head = numbered(10, "# header")
+    up = world.upstream("megatron", {"a.py": head + block + "# middle\n" + block})
+    patched = head + block.replace("    b = 2\n", "    b = 2\n    b += 1\n", 1) + "# middle\n" + block
+    world.add_patch("megatron", "0001-a.patch", up.diff({"a.py": patched}))
+    tree = up.checkout(tmp_path / "target")
+    assert tool("apply", "megatron", "--tree", str(tree))[0] == 0
+    assert (tree / "a.py").read_text() == patched
+    code, out, _ = tool("check", "megatron", "--tree", str(tree), "--expect", "applied")
+    assert code == 0, out
+    assert "applied   [base] 0001-a.patch" in out
+    # Without the applied-first test, the same tree is misread as one the patch still fits.
+    code, out, _ = tool("check", "megatron", "--tree", str(tree))
+    assert "fits      [base] 0001-a.patch" in out

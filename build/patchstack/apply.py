@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from . import engine
-from .check import SeriesReport, check_series
+from .check import SKIPPED, SeriesReport, check_series
 from .errors import StackError
 from .manifest import Manifest
 from .trees import EXECUTABLE, SYMLINK, DirTree, git
@@ -117,8 +117,11 @@ def _raise_interrupt(signum, _frame):
 
 def apply_series(manifest: Manifest, upstream: str, target: Path, groups: list[str], *,
                  allow_dirty: bool = False, allow_other_commit: bool = False,
-                 offline: bool = False) -> tuple[SeriesReport, str]:
-    """Check the series against the target, then write it all. Returns the report and what was done."""
+                 offline: bool = False, allow_skip: bool = False) -> tuple[SeriesReport, str]:
+    """Check the series against the target, then write it all. Returns the report and what was done.
+
+    With `allow_skip`, a series whose entry cannot be read (its source unreachable) is applied up
+    to that entry and the rest is left out, said in the message; never a later entry without it."""
     target = target.resolve()
     if target.is_dir() and recover(target):
         note = "an earlier apply on this tree was interrupted; its changes were rolled back first\n"
@@ -128,13 +131,20 @@ def apply_series(manifest: Manifest, upstream: str, target: Path, groups: list[s
                           allow_other_commit=allow_other_commit)
     rep = check_series(manifest, upstream, groups, tree=DirTree(target), source_label=f"{target} ({where})",
                        offline=offline)
+    left_out = ""
+    if rep.status == SKIPPED and allow_skip:
+        first = next(i for i, e in enumerate(rep.entries) if e.status == SKIPPED)
+        names = ", ".join(e.name for e in rep.entries[first:])
+        left_out = f"; left out (a source is unreachable: {rep.entries[first].reason}): {names}"
+        rep = check_series(manifest, upstream, groups, tree=DirTree(target), source_label=f"{target} ({where})",
+                           offline=offline, limit=first)
     if rep.status == engine.APPLIED:
-        return rep, note + f"{upstream}: every patch is already applied to {target}; nothing to do"
+        return rep, note + f"{upstream}: every patch is already applied to {target}; nothing to do{left_out}"
     if rep.status != engine.FITS:
         raise NotApplied(rep)
     _write(target, rep.changes)
     n = sum(1 for e in rep.entries)
-    return rep, note + f"{upstream}: applied {n} patches ({len(rep.changes)} files) to {target}"
+    return rep, note + f"{upstream}: applied {n} patches ({len(rep.changes)} files) to {target}{left_out}"
 
 
 class NotApplied(StackError):

@@ -78,12 +78,14 @@ class PatchSource:
 
 def check_series(manifest: Manifest, upstream: str, groups: list[str], *, tree: Tree | None = None,
                  source_label: str | None = None, patches: PatchSource | None = None,
-                 offline: bool = False) -> SeriesReport:
+                 offline: bool = False, limit: int | None = None, expect: str = engine.FITS) -> SeriesReport:
+    """Check the selected entries in order (only the first `limit` of them, if given). With
+    expect='applied' each patch is first tested for being applied already (a patched tree)."""
     up = manifest.upstream(upstream)
     rep = SeriesReport(upstream, up.version, up.commit, groups)
     patches = patches or PatchSource(manifest, offline)
     try:
-        entries = series.load(manifest, upstream).selected(groups)
+        entries = series.load(manifest, upstream).selected(groups)[:limit]
     except StackError as e:
         rep.status, rep.reason, rep.hint = engine.FAILS, e.message, e.hint or ""
         return rep
@@ -118,7 +120,7 @@ def check_series(manifest: Manifest, upstream: str, groups: list[str], *, tree: 
             er.status, er.reason = engine.FAILS, str(e)
             continue
         er.files, er.hunks = len(patch.files), patch.hunk_count
-        res = engine.apply_patch(patch, state)
+        res = engine.apply_patch(patch, state, applied_first=expect == engine.APPLIED)
         er.result, er.status = res, res.status
         er.offsets = sum(h.status == engine.OFFSET for f in res.files for h in f.hunks)
         if res.status == engine.FITS:

@@ -53,7 +53,8 @@ def cmd_check(m, args) -> int:
         m.upstream(n)
         if args.tree:
             tree = DirTree(Path(args.tree).resolve())
-            reports.append(check_mod.check_series(m, n, groups, tree=tree, patches=patches, offline=args.offline))
+            reports.append(check_mod.check_series(m, n, groups, tree=tree, patches=patches, offline=args.offline,
+                                                  expect=args.expect))
         else:
             reports.append(check_mod.check_series(m, n, groups, patches=patches, offline=args.offline))
     code = check_mod.exit_code(reports, expect=args.expect, strict=args.strict)
@@ -97,7 +98,8 @@ def cmd_apply(m, args) -> int:
     groups = _groups(m, args)
     try:
         rep, msg = apply_series(m, args.upstream, Path(args.tree), groups, allow_dirty=args.allow_dirty,
-                                allow_other_commit=args.allow_other_commit, offline=args.offline)
+                                allow_other_commit=args.allow_other_commit, offline=args.offline,
+                                allow_skip=args.allow_skip)
     except NotApplied as e:
         print(check_mod.format_human([e.report]), end="", file=sys.stderr)
         raise
@@ -159,6 +161,51 @@ def cmd_rebase(m, args) -> int:
     return 1 if state.get("stopped") else 0
 
 
+def cmd_image(m, args) -> int:
+    from . import image
+
+    plan = image.make_plan(m, gemma4=args.gemma4, base_image=args.base_image, user_tag=args.tag,
+                           offline=args.offline)
+    print(image.describe(plan))
+    if args.plan:
+        print(json.dumps({"tag": plan.tag, "build_args": plan.build_args, "labels": plan.labels}, indent=2))
+        return 0
+    ctx = image.prepare_context(m, plan, m.root / "out" / "image" / "context", offline=args.offline)
+    image.build(plan, ctx, network="host")
+    return 0
+
+
+def cmd_image_smoke(m, args) -> int:
+    from . import image
+
+    base = image.smoke_base(m)
+    plan = image.make_plan(m, gemma4=args.gemma4, smoke=True, base_image=base, offline=args.offline)
+    print(image.describe(plan))
+    ctx = image.prepare_context(m, plan, m.root / "out" / "image" / "smoke-context", offline=args.offline)
+    image.build(plan, ctx, network="none")
+    image.smoke_verify(plan)
+    left = [f"{n} ({tp.reason})" for n, tp in plan.trees.items() if not tp.included or tp.left_out]
+    print("smoke image OK: " + plan.tag)
+    if left:
+        print("NOT COVERED (sources unreachable): " + "; ".join(left))
+    return 0
+
+
+def cmd_inspect(m, args) -> int:
+    from . import image
+
+    print(image.format_labels(image.inspect_labels(args.image)))
+    return 0
+
+
+def cmd_push(m, args) -> int:
+    from . import image
+
+    plan = image.make_plan(m, gemma4=args.gemma4, user_tag=args.tag, offline=True)
+    image.push([plan.tag, *plan.extra_tags], args.registry)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="patchstack", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -185,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection(p)
     p.add_argument("--allow-dirty", action="store_true", help="apply on top of local changes")
     p.add_argument("--allow-other-commit", action="store_true", help="skip the check that the tree is at the pin")
+    p.add_argument("--allow-skip", action="store_true",
+                   help="where an entry's source is unreachable, apply the entries before it and say what was left out")
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("workspace", help="import a series as commits on the pinned upstream, under out/")
@@ -207,6 +256,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="drop a rebase in progress and start again")
     p.add_argument("--offline", action="store_true")
     p.set_defaults(func=cmd_rebase)
+
+    p = sub.add_parser("image", help="build the GPU image (Docker SDK), patches validated before they apply")
+    _add_selection(p)
+    p.add_argument("--tag", help="an extra tag (NAME:TAG, or TAG for this image's repository)")
+    p.add_argument("--base-image", help="override the Dockerfile's BASE_IMAGE")
+    p.add_argument("--plan", action="store_true", help="print the plan (tag, arguments, labels) and stop")
+    p.set_defaults(func=cmd_image)
+
+    p = sub.add_parser("image-smoke", help="offline smoke build on a Debian stand-in base, then checks inside")
+    _add_selection(p)
+    p.set_defaults(func=cmd_image_smoke)
+
+    p = sub.add_parser("inspect", help="print an image's provenance labels")
+    p.add_argument("image")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("push", help="push this stack's image tags to a registry")
+    _add_selection(p)
+    p.add_argument("--registry", required=True)
+    p.add_argument("--tag")
+    p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("lint", help="lint the series files and our patch files")
     p.set_defaults(func=cmd_lint)

@@ -191,8 +191,30 @@ def _file_status(hunks: list[HunkResult]) -> tuple[str, str]:
     return FITS, ""
 
 
-def apply_patch(patch: Patch, tree: Tree) -> PatchResult:
-    """Apply every file of the patch against `tree` (not modified); return results and new contents."""
+def apply_patch(patch: Patch, tree: Tree, *, applied_first: bool = False) -> PatchResult:
+    """Apply every file of the patch against `tree` (not modified); return results and new contents.
+
+    A patch that does not fit is tested the other way round, as `git apply -R --check` does: if the
+    reversed patch fits as a whole, the patch is already applied (hunk by hunk, a new side can be
+    hidden by a later hunk's change, so the per-hunk test alone can miss it). With `applied_first`
+    (checking a tree that should be patched) that test comes first: a hunk whose context occurs
+    twice could otherwise fit a second time at the other place."""
+    res = _apply_forward(patch, tree)
+    if (res.status == FAILS or applied_first) and _reverse_fits(patch, tree):
+        for f in res.files:
+            f.status, f.reason = APPLIED, "already applied (the reversed patch fits)"
+            for h in f.hunks:
+                h.status = APPLIED
+        res.status, res.changes = APPLIED, {}
+    return res
+
+
+def _reverse_fits(patch: Patch, tree: Tree) -> bool:
+    back = Patch(patch.name, patch.header, [_reversed(fp) for fp in patch.files])
+    return _apply_forward(back, tree).status == FITS
+
+
+def _apply_forward(patch: Patch, tree: Tree) -> PatchResult:
     files: list[FileResult] = []
     changes: dict[str, tuple[str, bytes] | None] = {}
 
@@ -274,4 +296,5 @@ def _reversed(fp: FilePatch) -> FilePatch:
              [(flip[k], t) for k, t in h.lines], h.patch_line)
         for h in fp.hunks
     ]
-    return FilePatch(fp.new_path, fp.old_path, fp.patch_line, hunks=hunks)
+    return FilePatch(fp.new_path, fp.old_path, fp.patch_line, old_mode=fp.new_mode, new_mode=fp.old_mode,
+                     rename=fp.rename, copy=fp.copy, hunks=hunks)

@@ -18,8 +18,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import unidiff
-
 from . import diff, series
 from .errors import StackError
 from .manifest import Manifest
@@ -39,6 +37,8 @@ class Problem:
 
 
 def lint_patch(path: Path, data: bytes) -> list[Problem]:
+    import unidiff  # only lint needs it: check and apply run on the standard library alone (in the image)
+
     where = str(path)
     out: list[Problem] = []
     try:

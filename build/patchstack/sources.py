@@ -97,7 +97,7 @@ def _fetch_pin(repo: Path, url: str, commit: str, name: str, via: str) -> None:
         if unreachable and p.returncode != 0:
             raise SourceUnavailable(
                 name,
-                f"{name}: cannot reach {url} (from {via}): {first_err[-1] if first_err else 'git fetch failed'}",
+                f"{name}: cannot reach {url} (from {via}): {_git_error(first_err)}",
                 hint=f"point {('UPSTREAM_' + name.upper() + '_GIT')} at a local mirror holding {commit}",
             )
         # The remote may refuse a fetch by commit: fetch its branches instead.
@@ -114,6 +114,11 @@ def _fetch_pin(repo: Path, url: str, commit: str, name: str, via: str) -> None:
             )
     # Keep the pin reachable so that git gc never drops it.
     git("update-ref", f"refs/pins/{commit}", commit, git_dir=repo)
+
+
+def _git_error(lines: list[str]) -> str:
+    """git's own reason: its first 'fatal:' line, else its last line."""
+    return next((x for x in lines if x.startswith("fatal:")), lines[-1] if lines else "git fetch failed")
 
 
 def git_source(up: Upstream, *, offline: bool = False) -> Source:

@@ -120,7 +120,7 @@ def create(manifest: Manifest, upstream: str, groups: list[str], *, force: bool 
 def init_tree(path: Path, src: sources.Source, upstream: str, groups: list[str]) -> None:
     """A checkout of the source's commit on branch 'patches', the commit tagged 'upstream'."""
     git("init", "-q", str(path))
-    git("fetch", "-q", "--no-tags", str(src.tree.git_dir), src.commit, cwd=path)
+    git("fetch", "-q", "--no-tags", "--depth", "1", str(src.tree.git_dir), src.commit, cwd=path)
     git("checkout", "-q", "-b", "patches", src.commit, cwd=path)
     git("tag", UPSTREAM_TAG, src.commit, cwd=path)
     git("config", "patchstack.upstream", upstream, cwd=path)

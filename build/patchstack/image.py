@@ -1,0 +1,418 @@
+"""The GPU image: a build plan (which patches, arguments, labels, tag), the build context, and a
+build driven through the Docker SDK with streamed progress.
+
+The plan is made without Docker, so it can be tested: for each upstream, the entries of the
+selected groups that will be applied (with their sha256), or why a tree is left out; the build
+arguments; the OCI and stack labels; the tag, which encodes the three pins, the Gemma4 flag and a
+hash of the applied series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import check, series, sources, workspace
+from .apply import apply_series
+from .errors import SourceUnavailable, StackError
+from .manifest import Manifest
+from .trees import git
+
+NAME = "gemma4-stack"
+NS = "io.github.gemma4-stack"  # label namespace
+PATCHED_IN_BUILD = "sglang"  # patched inside the build, in the base image's own checkout
+
+
+@dataclass
+class TreePlan:
+    upstream: str
+    version: str
+    commit: str
+    image_path: str
+    entries: list[tuple[str, str, str]] = field(default_factory=list)  # (group, name, sha256) applied
+    left_out: list[str] = field(default_factory=list)  # entries not applied
+    reason: str = ""  # why the tree or some entries are left out
+    included: bool = True  # False: the tree itself is left out of the image
+
+
+@dataclass
+class Plan:
+    gemma4: bool
+    smoke: bool
+    groups: list[str]
+    base_image: str
+    trees: dict[str, TreePlan]
+    repo_commit: str
+    series_hash: str = ""
+    tag: str = ""
+    extra_tags: list[str] = field(default_factory=list)
+    build_args: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def repo_commit(root: Path) -> str:
+    p = git("rev-parse", "HEAD", cwd=root, check=False)
+    if p.returncode != 0:
+        return "unknown"
+    head = p.stdout.decode().strip()
+    dirty = git("status", "--porcelain", "--untracked-files=no", cwd=root, check=False).stdout.strip()
+    return head + ("-dirty" if dirty else "")
+
+
+def make_plan(manifest: Manifest, *, gemma4: bool, smoke: bool = False, base_image: str | None = None,
+              user_tag: str | None = None, offline: bool = False, commit: str | None = None) -> Plan:
+    groups = manifest.select_groups(frozenset({"gemma4"}) if gemma4 else frozenset())
+    reader = check.PatchSource(manifest, offline)
+    trees: dict[str, TreePlan] = {}
+    for name, up in manifest.upstreams.items():
+        tp = TreePlan(name, up.version, up.commit, up.image_path)
+        trees[name] = tp
+        if name != PATCHED_IN_BUILD:
+            try:
+                sources.git_source(up, offline=offline)
+            except SourceUnavailable as e:
+                tp.included, tp.reason = False, e.message
+        entries = series.load(manifest, name).selected(groups)
+        for i, e in enumerate(entries):
+            if not tp.included:
+                tp.left_out.append(e.name)
+                continue
+            try:
+                data = reader.read(e)
+            except SourceUnavailable as err:
+                tp.reason = tp.reason or err.message
+                tp.left_out += [x.name for x in entries[i:]]
+                break
+            tp.entries.append((e.group, e.name, hashlib.sha256(data).hexdigest()))
+    digest = hashlib.sha256()
+    for tp in trees.values():
+        for g, n, h in tp.entries:
+            digest.update(f"{tp.upstream}\t{g}\t{n}\t{h}\n".encode())
+    plan = Plan(gemma4, smoke, groups, base_image or default_base_image(manifest.root), trees,
+                commit or repo_commit(manifest.root), series_hash=digest.hexdigest())
+    plan.tag = image_tag(plan)
+    if user_tag:
+        plan.extra_tags.append(user_tag if ":" in user_tag else f"{repository(plan)}:{user_tag}")
+    plan.build_args = {
+        "BASE_IMAGE": plan.base_image,
+        "OFFLINE": "1" if smoke else "0",
+        "GEMMA4": "1" if gemma4 else "0",
+        "ALLOW_SKIP": "1" if trees[PATCHED_IN_BUILD].left_out else "0",
+    }
+    plan.labels = labels(plan)
+    return plan
+
+
+def default_base_image(root: Path) -> str:
+    """The Dockerfile's own default BASE_IMAGE (one place for it)."""
+    text = (root / "docker" / "Dockerfile").read_text()
+    m = re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.M)
+    if not m:
+        raise StackError("docker/Dockerfile has no 'ARG BASE_IMAGE=' default")
+    return m.group(1)
+
+
+def repository(plan: Plan) -> str:
+    return f"{NAME}-smoke" if plan.smoke else NAME
+
+
+def image_tag(plan: Plan) -> str:
+    """repository:sglang-<v>_megatron-<c8>_slime-<c8>_gemma4-<0|1>_s<series hash 12>."""
+    parts = []
+    for name, tp in plan.trees.items():
+        ver = tp.version if tp.version.startswith("v") else tp.commit[:8]
+        parts.append(f"{name}-{ver}")
+    tag = "_".join(parts + [f"gemma4-{int(plan.gemma4)}", f"s{plan.series_hash[:12]}"])
+    tag = re.sub(r"[^A-Za-z0-9_.-]", "-", tag)[:128]
+    return f"{repository(plan)}:{tag}"
+
+
+def labels(plan: Plan) -> dict[str, str]:
+    out = {
+        "org.opencontainers.image.title": NAME,
+        "org.opencontainers.image.description":
+            "slime + Megatron-LM + SGLang for RL on Gemma4, every patch validated by patchstack",
+        "org.opencontainers.image.revision": plan.repo_commit,
+        "org.opencontainers.image.version": plan.tag.split(":", 1)[1],
+        "org.opencontainers.image.base.name": plan.base_image,
+        f"{NS}.gemma4": "1" if plan.gemma4 else "0",
+        f"{NS}.groups": ",".join(plan.groups),
+        f"{NS}.series-sha256": plan.series_hash,
+        f"{NS}.smoke": "1" if plan.smoke else "0",
+    }
+    for name, tp in plan.trees.items():
+        p = f"{NS}.{name}"
+        out[f"{p}.pin"] = tp.commit
+        out[f"{p}.version"] = tp.version
+        out[f"{p}.path"] = tp.image_path
+        out[f"{p}.series"] = ",".join(f"{g}:{n}" for g, n, _ in tp.entries)
+        for i, (g, n, h) in enumerate(tp.entries, 1):
+            out[f"{p}.patch.{i}"] = f"{g} {n} sha256={h}"
+        if not tp.included:
+            out[f"{p}.status"] = f"left out: {tp.reason}"
+        elif tp.left_out:
+            out[f"{p}.status"] = f"partly applied; left out {', '.join(tp.left_out)}: {tp.reason}"
+        else:
+            out[f"{p}.status"] = "applied"
+    return out
+
+
+def describe(plan: Plan) -> str:
+    lines = [f"image {plan.tag} (base {plan.base_image}, groups {', '.join(plan.groups)})"]
+    for tp in plan.trees.values():
+        what = ", ".join(n for _, n, _ in tp.entries) or "no patches"
+        state = "LEFT OUT" if not tp.included else "patched" if tp.entries else "as pinned"
+        lines.append(f"  {tp.upstream:<9} {tp.commit[:12]} -> {tp.image_path}: {state}; {what}")
+        if tp.left_out:
+            lines.append(f"            left out: {', '.join(tp.left_out)}")
+            lines.append(f"            why: {tp.reason}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ build context
+
+
+def prepare_context(manifest: Manifest, plan: Plan, dest: Path, *, offline: bool = False) -> Path:
+    """Lay out the build context: Dockerfile, the tool and series, the patched Megatron and slime."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "trees").mkdir(parents=True)
+    shutil.copyfile(manifest.root / "docker" / "Dockerfile", dest / "Dockerfile")
+    stack = dest / "stack"
+    shutil.copytree(manifest.root / "build" / "patchstack", stack / "build" / "patchstack",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(manifest.patches_dir, stack / "patches")
+    shutil.copyfile(manifest.root / "pyproject.toml", stack / "pyproject.toml")
+    req = b"# slime's requirements.txt: slime was left out of this build\n"
+    for name, tp in plan.trees.items():
+        if name == PATCHED_IN_BUILD:
+            continue
+        tree = dest / "trees" / name
+        if not tp.included:
+            tree.mkdir()
+            (tree / "LEFT-OUT").write_text(f"{name} was left out of this image: {tp.reason}\n")
+            continue
+        src = sources.git_source(manifest.upstream(name), offline=offline)
+        workspace.init_tree(tree, src, name, plan.groups)
+        git("branch", "-q", "-m", "patches", "pinned", cwd=tree)
+        apply_series(manifest, name, tree, plan.groups, offline=offline)
+        if name == "slime":
+            req = src.tree.read("requirements.txt") or req
+    (dest / "slime-requirements.txt").write_bytes(req)
+    (dest / "plan.json").write_text(json.dumps({"tag": plan.tag, "labels": plan.labels}, indent=2))
+    return dest
+
+
+# ------------------------------------------------------------------ docker
+
+
+def client():
+    try:
+        import docker  # the Docker SDK; only `make image` and the smoke build need it
+    except ImportError:
+        raise StackError("the Docker SDK for Python is not installed", hint="make venv installs it") from None
+    try:
+        c = docker.from_env(timeout=600)
+        c.ping()
+        return c
+    except Exception as e:  # noqa: BLE001 - any failure to reach the engine says the same
+        raise StackError(f"cannot reach a Docker engine: {e}",
+                         hint="start one (ci/docker-engine.sh starts dockerd without a bridge network)") from None
+
+
+_STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
+
+
+def build(plan: Plan, context: Path, *, network: str = "host", out=print) -> tuple[str, dict]:
+    """Build through the Docker SDK; print step i of N, cached or run, elapsed. Tag only on success."""
+    c = client()
+    t0 = time.monotonic()
+    stats = {"steps": 0, "cached": 0, "run": 0}
+    step_log: list[str] = []
+    current = ""
+    image_id = None
+    stream = c.api.build(path=str(context), dockerfile="Dockerfile", buildargs=plan.build_args,
+                         labels=plan.labels, network_mode=network, rm=True, forcerm=True, decode=True)
+    labels_seen: list[str] = []
+
+    def flush_labels() -> None:
+        if labels_seen:
+            out(f"{labels_seen[0]} ... {len(labels_seen)} LABEL steps (provenance)")
+            labels_seen.clear()
+
+    for chunk in stream:
+        if "error" in chunk:
+            flush_labels()
+            detail = chunk.get("errorDetail", {}).get("message", chunk["error"])
+            out(f"build FAILED at: {current}")
+            out("".join(step_log).rstrip())
+            raise StackError(f"docker build failed: {detail.strip()}",
+                             hint="the output above is the failing step's; no image was tagged")
+        if "aux" in chunk and "ID" in chunk["aux"]:
+            image_id = chunk["aux"]["ID"]
+        text = chunk.get("stream", "")
+        for line in text.splitlines(keepends=True):
+            m = _STEP.match(line.strip())
+            if m:
+                current = m.group(3)
+                step_log = []
+                stats["steps"] = int(m.group(2))
+                head = f"[{m.group(1)}/{m.group(2)} +{time.monotonic() - t0:6.1f}s]"
+                if current.startswith("LABEL "):
+                    labels_seen.append(head)
+                else:
+                    flush_labels()
+                    out(f"{head} {current[:110]}")
+                continue
+            if line.strip() == "---> Using cache":
+                stats["cached"] += 1
+                if not labels_seen:
+                    out("            (from cache)")
+            elif line.strip().startswith("---> Running in"):
+                stats["run"] += 1
+            elif "patchstack" in current and line.strip() and not line.startswith((" ---> ", "Removing intermediate")):
+                out(f"            | {line.rstrip()}")  # the validation's own report
+            step_log.append(line)
+    flush_labels()
+    if image_id is None:
+        raise StackError("docker build ended without an image id", hint="see the output above")
+    for t in [plan.tag, *plan.extra_tags]:
+        repo, tag = t.rsplit(":", 1)
+        c.images.get(image_id).tag(repo, tag)
+    stats["seconds"] = round(time.monotonic() - t0, 1)
+    out(f"built {image_id[:19]} in {stats['seconds']} s: {stats['steps']} steps, {stats['cached']} from cache, "
+        f"{stats['run']} run; tagged {', '.join([plan.tag, *plan.extra_tags])}")
+    return image_id, stats
+
+
+def inspect_labels(image: str) -> dict[str, str]:
+    return client().images.get(image).labels or {}
+
+
+def format_labels(lab: dict[str, str]) -> str:
+    width = max((len(k) for k in lab), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in sorted(lab.items()))
+
+
+def push(tags: list[str], registry: str, out=print) -> None:
+    c = client()
+    for t in tags:
+        repo, tag = t.rsplit(":", 1)
+        target = f"{registry.rstrip('/')}/{repo}"
+        c.images.get(t).tag(target, tag)
+        for line in c.images.push(target, tag=tag, stream=True, decode=True):
+            if "error" in line:
+                raise StackError(f"push of {target}:{tag} failed: {line['error']}")
+        out(f"pushed {target}:{tag}")
+
+
+# ------------------------------------------------------------------ the offline smoke build
+
+
+def debian_mirror() -> str:
+    """The Debian mirror apt already uses here (DEBIAN_MIRROR overrides)."""
+    if os.environ.get("DEBIAN_MIRROR"):
+        return os.environ["DEBIAN_MIRROR"]
+    for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.sources")),
+              *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]:
+        try:
+            text = f.read_text()
+        except OSError:
+            continue
+        m = re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.M) or re.search(r"^deb\s+(?:\[[^\]]*\]\s+)?(\S+/debian)\s", text, re.M)
+        if m:
+            return m.group(1)
+    return "http://deb.debian.org/debian"
+
+
+SMOKE_SUITE = "bookworm"
+SMOKE_PACKAGES = "python3,git,ca-certificates"
+
+
+def smoke_base(manifest: Manifest, out=print) -> str:
+    """A stand-in for the SGLang image: Debian with Python and git, and SGLang's sources from the
+    PyPI sdist as a git checkout at /sgl-workspace/sglang. Made once, then reused by its tag."""
+    sgl = sources.source(manifest.upstream("sglang"), prefer_sdist=True)
+    tag = f"{NAME}-smoke-base:{SMOKE_SUITE}-sglang-{sgl.commit[:12]}"
+    c = client()
+    try:
+        c.images.get(tag)
+        out(f"smoke base {tag}: already built")
+        return tag
+    except Exception:  # noqa: BLE001 - docker.errors.ImageNotFound without importing docker here
+        pass
+    rootfs_cache = sources.cache_root() / "rootfs" / f"{SMOKE_SUITE}-minbase"
+    if not (rootfs_cache / ".complete").exists():
+        shutil.rmtree(rootfs_cache, ignore_errors=True)
+        rootfs_cache.parent.mkdir(parents=True, exist_ok=True)
+        mirror = debian_mirror()
+        out(f"debootstrap {SMOKE_SUITE} ({SMOKE_PACKAGES}) from {mirror} ...")
+        t = time.monotonic()
+        p = subprocess.run(["debootstrap", "--variant=minbase", f"--include={SMOKE_PACKAGES}", SMOKE_SUITE,
+                            str(rootfs_cache), mirror], capture_output=True, text=True)
+        if p.returncode != 0:
+            raise StackError(f"debootstrap failed: {p.stderr.strip()[-2000:] or p.stdout.strip()[-2000:]}",
+                             hint="apt-get install debootstrap; set DEBIAN_MIRROR to a reachable Debian mirror")
+        (rootfs_cache / ".complete").write_text("ok\n")
+        out(f"  done in {time.monotonic() - t:.0f} s")
+    staging = manifest.root / "out" / "image" / "smoke-rootfs"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-a", str(rootfs_cache), str(staging)], check=True)
+    sgl_dir = staging / "sgl-workspace" / "sglang"
+    sgl_dir.parent.mkdir(parents=True)
+    workspace.init_tree(sgl_dir, sgl, "sglang", [])
+    git("branch", "-q", "-m", "patches", "pinned", cwd=sgl_dir)
+    git("tag", "-d", workspace.UPSTREAM_TAG, cwd=sgl_dir)
+    out(f"docker import -> {tag}")
+    tar = subprocess.Popen(["tar", "-C", str(staging), "-c", "."], stdout=subprocess.PIPE)
+    imp = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True)
+    tar.wait()
+    shutil.rmtree(staging, ignore_errors=True)
+    if imp.returncode != 0:
+        raise StackError(f"docker import failed: {imp.stderr.strip()}")
+    return tag
+
+
+SMOKE_CHECK = """set -e
+export UPSTREAM_SLIME_GIT=/root/slime PATCHSTACK_CACHE=/tmp/patchstack-cache
+for t in {trees}; do
+  name=${{t%%=*}}; path=${{t#*=}}
+  if [ -e "$path/LEFT-OUT" ]; then echo "$name: LEFT OUT: $(cat "$path/LEFT-OUT")"; continue; fi
+  patchstack check "$name" --tree "$path" --expect applied {flags}
+done
+"""
+
+
+def smoke_verify(plan: Plan, out=print) -> None:
+    """Inside a container (no network): every tree reports its patches applied; the labels are the plan's."""
+    c = client()
+    got = c.images.get(plan.tag).labels or {}
+    wrong = {k: (v, got.get(k)) for k, v in plan.labels.items() if got.get(k) != v}
+    if wrong:
+        raise StackError("the image's labels differ from the plan: " + "; ".join(
+            f"{k}: expected {v!r}, found {g!r}" for k, (v, g) in sorted(wrong.items())))
+    for name, tp in plan.trees.items():
+        for _, n, h in tp.entries:
+            if f"{n} sha256={h}" not in " ".join(got.values()):
+                raise StackError(f"label for {name}'s {n} (sha256 {h}) is missing")
+    out(f"labels: {len(plan.labels)} present and equal to the plan (pins: "
+        + ", ".join(f"{n} {tp.commit[:12]}" for n, tp in plan.trees.items()) + ")")
+    trees = " ".join(f"{n}={tp.image_path}" for n, tp in plan.trees.items())
+    script = SMOKE_CHECK.format(trees=trees, flags="--gemma4" if plan.gemma4 else "")
+    ctr = c.containers.run(plan.tag, ["sh", "-c", script], network_mode="none", detach=True)
+    try:
+        code = ctr.wait(timeout=600)["StatusCode"]
+        logs = ctr.logs().decode("utf-8", "replace")
+    finally:
+        ctr.remove(force=True)
+    out(logs.rstrip())
+    if code != 0:
+        raise StackError(f"the check inside the smoke image failed (exit {code})", hint="see its report above")
