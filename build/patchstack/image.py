@@ -186,10 +186,10 @@ def prepare_context(manifest: Manifest, plan: Plan, dest: Path, *, offline: bool
     (dest / "trees").mkdir(parents=True)
     shutil.copyfile(manifest.root / "docker" / "Dockerfile", dest / "Dockerfile")
     stack = dest / "stack"
-    shutil.copytree(manifest.root / "build" / "patchstack", stack / "build" / "patchstack",
+    # The tool that is running is the one that goes in: same code outside and inside the build.
+    shutil.copytree(Path(__file__).resolve().parent, stack / "build" / "patchstack",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(manifest.patches_dir, stack / "patches")
-    shutil.copyfile(manifest.root / "pyproject.toml", stack / "pyproject.toml")
     req = b"# slime's requirements.txt: slime was left out of this build\n"
     for name, tp in plan.trees.items():
         if name == PATCHED_IN_BUILD:
@@ -200,14 +200,36 @@ def prepare_context(manifest: Manifest, plan: Plan, dest: Path, *, offline: bool
             (tree / "LEFT-OUT").write_text(f"{name} was left out of this image: {tp.reason}\n")
             continue
         src = sources.git_source(manifest.upstream(name), offline=offline)
-        workspace.init_tree(tree, src, name, plan.groups)
-        git("branch", "-q", "-m", "patches", "pinned", cwd=tree)
-        apply_series(manifest, name, tree, plan.groups, offline=offline)
+        shutil.copytree(_prepared_tree(manifest, plan, name, src, offline), tree, symlinks=True)
         if name == "slime":
             req = src.tree.read("requirements.txt") or req
     (dest / "slime-requirements.txt").write_bytes(req)
     (dest / "plan.json").write_text(json.dumps({"tag": plan.tag, "labels": plan.labels}, indent=2))
     return dest
+
+
+def _prepared_tree(manifest: Manifest, plan: Plan, name: str, src: sources.Source, offline: bool) -> Path:
+    """The upstream checked out at its pin with its planned entries applied, made once per content.
+
+    Kept under out/image/trees/ by a key of the pin and the applied patches, and copied into the
+    context with its timestamps, so that an unchanged tree is an unchanged COPY for Docker's cache."""
+    tp = plan.trees[name]
+    key = hashlib.sha256(f"{name} {tp.commit} {plan.groups} {tp.entries}".encode()).hexdigest()[:16]
+    done = manifest.root / "out" / "image" / "trees" / f"{name}-{key}"
+    if done.exists():
+        return done
+    tmp = done.with_name(done.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        workspace.init_tree(tmp, src, name, plan.groups)
+        git("branch", "-q", "-m", "patches", "pinned", cwd=tmp)
+        apply_series(manifest, name, tmp, plan.groups, offline=offline)
+        tmp.rename(done)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return done
 
 
 # ------------------------------------------------------------------ docker
@@ -230,23 +252,36 @@ def client():
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
 
-def build(plan: Plan, context: Path, *, network: str = "host", out=print) -> tuple[str, dict]:
-    """Build through the Docker SDK; print step i of N, cached or run, elapsed. Tag only on success."""
+def build(plan: Plan, context: Path, *, network: str = "host", nocache: bool = False, out=print
+          ) -> tuple[str, dict]:
+    """Build through the Docker SDK; print step i of N, cached or run, elapsed. Tag only on success.
+
+    Returns the image id and the build's figures: steps, how many came from the cache, and the
+    instructions that ran (FROM counts as neither)."""
     c = client()
     t0 = time.monotonic()
-    stats = {"steps": 0, "cached": 0, "run": 0}
+    stats: dict = {"steps": 0, "cached": 0, "run": 0, "ran": []}
     step_log: list[str] = []
-    current = ""
+    current, current_cached = "", False
     image_id = None
-    stream = c.api.build(path=str(context), dockerfile="Dockerfile", buildargs=plan.build_args,
-                         labels=plan.labels, network_mode=network, rm=True, forcerm=True, decode=True)
     labels_seen: list[str] = []
+
+    def end_step() -> None:
+        if current and not current.startswith(("FROM ", "ARG BASE_IMAGE")):
+            if current_cached:
+                stats["cached"] += 1
+            else:
+                stats["run"] += 1
+                stats["ran"].append(current)
 
     def flush_labels() -> None:
         if labels_seen:
             out(f"{labels_seen[0]} ... {len(labels_seen)} LABEL steps (provenance)")
             labels_seen.clear()
 
+    stream = c.api.build(path=str(context), dockerfile="Dockerfile", buildargs=plan.build_args,
+                         labels=plan.labels, network_mode=network, rm=True, forcerm=True, decode=True,
+                         nocache=nocache)
     for chunk in stream:
         if "error" in chunk:
             flush_labels()
@@ -257,12 +292,11 @@ def build(plan: Plan, context: Path, *, network: str = "host", out=print) -> tup
                              hint="the output above is the failing step's; no image was tagged")
         if "aux" in chunk and "ID" in chunk["aux"]:
             image_id = chunk["aux"]["ID"]
-        text = chunk.get("stream", "")
-        for line in text.splitlines(keepends=True):
+        for line in chunk.get("stream", "").splitlines(keepends=True):
             m = _STEP.match(line.strip())
             if m:
-                current = m.group(3)
-                step_log = []
+                end_step()
+                current, current_cached, step_log = m.group(3), False, []
                 stats["steps"] = int(m.group(2))
                 head = f"[{m.group(1)}/{m.group(2)} +{time.monotonic() - t0:6.1f}s]"
                 if current.startswith("LABEL "):
@@ -272,14 +306,13 @@ def build(plan: Plan, context: Path, *, network: str = "host", out=print) -> tup
                     out(f"{head} {current[:110]}")
                 continue
             if line.strip() == "---> Using cache":
-                stats["cached"] += 1
+                current_cached = True
                 if not labels_seen:
                     out("            (from cache)")
-            elif line.strip().startswith("---> Running in"):
-                stats["run"] += 1
             elif "patchstack" in current and line.strip() and not line.startswith((" ---> ", "Removing intermediate")):
                 out(f"            | {line.rstrip()}")  # the validation's own report
             step_log.append(line)
+    end_step()
     flush_labels()
     if image_id is None:
         raise StackError("docker build ended without an image id", hint="see the output above")

@@ -1,0 +1,167 @@
+"""The image: the build plan without Docker (groups, arguments, labels, tag), and, where a Docker
+engine and debootstrap are here, the offline smoke build stopping at a patch that does not fit."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import REPO, numbered, run_git
+
+from patchstack import image, manifest, sources
+from patchstack.errors import SourceUnavailable, StackError
+
+FILE = numbered(30)
+
+
+def _stack(world):
+    """Three synthetic upstreams named like the real ones, an external patch and a gemma4 patch."""
+    sgl = world.upstream("sglang", {"python/a.py": FILE})
+    mg = world.upstream("megatron", {"core.py": FILE})
+    ext = mg.diff({"core.py": FILE.replace("line 3\n", "three\n")})
+    world.upstream("slime", {"docker/megatron.patch": ext, "requirements.txt": "ray\n"})
+    world.add_external("megatron", "slime:docker/megatron.patch", hashlib.sha256(ext.encode()).hexdigest())
+    world.add_patch("sglang", "0001-gemma4.patch", sgl.diff({"python/a.py": FILE.replace("line 9\n", "g4\n")}),
+                    group="gemma4")
+    (world.root / "docker").mkdir()
+    shutil.copyfile(REPO / "docker" / "Dockerfile", world.root / "docker" / "Dockerfile")
+    return sgl, mg
+
+
+def test_plan_selects_groups_and_sets_arguments(world):
+    _stack(world)
+    m = manifest.load()
+    off = image.make_plan(m, gemma4=False, commit="c0ffee")
+    on = image.make_plan(m, gemma4=True, commit="c0ffee")
+    assert off.groups == ["base"] and on.groups == ["base", "gemma4"]
+    assert [n for _, n, _ in off.trees["sglang"].entries] == []
+    assert [n for _, n, _ in on.trees["sglang"].entries] == ["0001-gemma4.patch"]
+    assert off.build_args == {"BASE_IMAGE": "slimerl/sglang:v0.5.9", "OFFLINE": "0", "GEMMA4": "0", "ALLOW_SKIP": "0"}
+    assert on.build_args["GEMMA4"] == "1"
+    smoke = image.make_plan(m, gemma4=True, smoke=True, base_image="local/base:1", commit="c0ffee")
+    assert smoke.build_args["OFFLINE"] == "1" and smoke.build_args["BASE_IMAGE"] == "local/base:1"
+    assert smoke.tag.startswith("gemma4-stack-smoke:")
+
+
+def test_labels_name_every_pin_and_the_sha256_of_every_applied_patch(world):
+    sgl, mg = _stack(world)
+    m = manifest.load()
+    plan = image.make_plan(m, gemma4=True, commit="c0ffee")
+    lab = plan.labels
+    ns = image.NS
+    assert lab["org.opencontainers.image.revision"] == "c0ffee"
+    assert lab[f"{ns}.gemma4"] == "1" and lab[f"{ns}.groups"] == "base,gemma4"
+    for name in ("sglang", "megatron", "slime"):
+        assert lab[f"{ns}.{name}.pin"] == world.upstreams[name].pin
+        assert lab[f"{ns}.{name}.status"] == "applied"
+    ours = (world.folder("sglang") / "0001-gemma4.patch").read_bytes()
+    assert lab[f"{ns}.sglang.patch.1"] == f"gemma4 0001-gemma4.patch sha256={hashlib.sha256(ours).hexdigest()}"
+    ext = world.upstreams["slime"].read("docker/megatron.patch").encode()
+    assert lab[f"{ns}.megatron.patch.1"] == \
+        f"base slime:docker/megatron.patch sha256={hashlib.sha256(ext).hexdigest()}"
+
+
+def test_tag_encodes_pins_flag_and_series_hash(world):
+    sgl, mg = _stack(world)
+    m = manifest.load()
+    a = image.make_plan(m, gemma4=True, commit="x", user_tag="mine")
+    b = image.make_plan(m, gemma4=False, commit="x")
+    repo, tag = a.tag.split(":")
+    assert repo == "gemma4-stack"
+    assert f"sglang-v1" in tag and f"megatron-v1" in tag and "gemma4-1" in tag and "gemma4-0" in b.tag
+    assert tag.endswith(f"_s{a.series_hash[:12]}") and a.series_hash != b.series_hash
+    assert a.extra_tags == ["gemma4-stack:mine"]
+    assert len(a.tag) <= 128 + len(repo) + 1
+    # Editing one patch changes the series hash, hence the tag; nothing else does.
+    p = world.folder("sglang") / "0001-gemma4.patch"
+    p.write_text(p.read_text().replace("+g4", "+g4!"))
+    c = image.make_plan(m, gemma4=True, commit="x")
+    assert c.series_hash != a.series_hash and c.tag != a.tag
+    assert image.make_plan(m, gemma4=True, commit="other").tag == c.tag
+
+
+def test_unreachable_trees_are_left_out_and_said(world, monkeypatch):
+    _stack(world)
+    monkeypatch.setenv("UPSTREAM_SLIME_GIT", str(world.tmp / "nowhere"))
+    plan = image.make_plan(manifest.load(), gemma4=True, commit="x")
+    slime = plan.trees["slime"]
+    assert not slime.included and "nowhere" in slime.reason
+    mg = plan.trees["megatron"]
+    assert mg.included and mg.entries == [] and mg.left_out == ["slime:docker/megatron.patch"]
+    assert plan.labels[f"{image.NS}.megatron.status"].startswith("partly applied; left out slime:docker/megatron.patch")
+    assert plan.labels[f"{image.NS}.slime.status"].startswith("left out: ")
+    assert "LEFT OUT" in image.describe(plan)
+
+
+def test_context_holds_patched_trees_at_their_pins(world, tmp_path):
+    sgl, mg = _stack(world)
+    m = manifest.load()
+    plan = image.make_plan(m, gemma4=True, commit="x")
+    ctx = image.prepare_context(m, plan, tmp_path / "ctx")
+    tree = ctx / "trees" / "megatron"
+    assert run_git(tree, "rev-parse", "HEAD").strip() == mg.pin
+    assert "three\n" in (tree / "core.py").read_text()
+    assert (ctx / "slime-requirements.txt").read_text() == "ray\n"
+    assert (ctx / "Dockerfile").read_bytes() == (REPO / "docker" / "Dockerfile").read_bytes()
+    assert (ctx / "stack" / "patches" / "pins.toml").exists() and (ctx / "stack" / "build" / "patchstack" / "cli.py").exists()
+    assert not list(ctx.rglob("__pycache__"))
+
+
+# ------------------------------------------------------------------ with a Docker engine
+
+
+def _engine_or_skip():
+    if shutil.which("debootstrap") is None:
+        pytest.skip("debootstrap is not installed (ci/docker-engine.sh installs it)")
+    try:
+        image.client()
+    except StackError as e:
+        pytest.skip(f"no Docker engine: {e.message}")
+
+
+def test_smoke_build_stops_at_a_patch_that_does_not_fit_and_tags_nothing(tmp_path, monkeypatch):
+    """A corrupted patch of ours in the gemma4 group: the build stops at validation, per hunk."""
+    _engine_or_skip()
+    m = manifest.load(REPO)
+    try:
+        sgl = sources.source(m.upstream("sglang"), prefer_sdist=True)
+    except SourceUnavailable as e:
+        pytest.skip(f"SGLang sdist unreachable: {e.message}")
+    target = "python/sglang/srt/utils/common.py"
+    text = sgl.tree.read(target).decode()
+    wt = tmp_path / "src"
+    (wt / Path(target).parent).mkdir(parents=True)
+    (wt / target).write_text(text)
+    run_git(wt, "init", "-q")
+    run_git(wt, "add", "-A")
+    run_git(wt, "commit", "-qm", "base")
+    (wt / target).write_text(text.replace("\nimport ", "\n# gemma4 stack smoke marker\nimport ", 1))
+    body = run_git(wt, "diff")
+    ctx_line = next(x for x in body.splitlines() if x.startswith(" ") and len(x.strip()) > 6)
+    corrupted = body.replace(ctx_line + "\n", ctx_line + " # corrupted\n", 1)
+    root = tmp_path / "stack"
+    for part in ("patches", "docker", "build"):
+        shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(REPO / "pyproject.toml", root / "pyproject.toml")
+    folder = root / "patches" / "sglang" / m.upstream("sglang").version
+    (folder / "0001-smoke.patch").write_text("Subject: [PATCH] smoke\n\nUpstream-Status: environment test\n---\n"
+                                              + corrupted)
+    (folder / "series").write_text((folder / "series").read_text() + "0001-smoke.patch\n")
+    monkeypatch.setenv("PATCHSTACK_ROOT", str(root))
+    m2 = manifest.load(root)
+    base = image.smoke_base(m2, out=lambda *_: None)
+    plan = image.make_plan(m2, gemma4=True, smoke=True, base_image=base)
+    ctx = image.prepare_context(m2, plan, root / "out" / "ctx")
+    lines: list[str] = []
+    with pytest.raises(StackError) as e:
+        image.build(plan, ctx, network="none", out=lines.append)
+    report = "\n".join(lines)
+    assert "docker build failed" in str(e.value) and "no image was tagged" in str(e.value)
+    assert "FAILS     [gemma4] 0001-smoke.patch" in report
+    assert f"{target}: hunk 1 of 1 @@" in report and "# corrupted" in report
+    tags = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
+                          text=True).stdout.split()
+    assert plan.tag not in tags
