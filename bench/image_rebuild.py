@@ -2,7 +2,7 @@
 """Fast rebuilds: edit one patch of ours and rebuild; which steps re-run, which come from the cache.
 
 Runs on the offline smoke build (the same Dockerfile on the Debian stand-in base), in a scratch
-copy of this repository with a test patch in SGLang's gemma4 group (until the Gemma4 patches
+copy of this repository with a test patch first in SGLang's series (until the Gemma4 patches
 exist). Needs a Docker engine and debootstrap (ci/docker-engine.sh).
 
     python3 bench/image_rebuild.py
@@ -55,7 +55,8 @@ def main() -> int:
         folder = root / "patches" / "sglang" / m.upstream("sglang").version
         patch = folder / "0001-bench.patch"
         patch.write_text(test_patch(text, "first"))
-        (folder / "series").write_text((folder / "series").read_text() + "0001-bench.patch\n")
+        # First in [base], so that it applies whether or not slime's patch after it is reachable.
+        (folder / "series").write_text((folder / "series").read_text().replace("[base]\n", "[base]\n0001-bench.patch\n", 1))
         os.environ["PATCHSTACK_ROOT"] = str(root)
         ms = manifest.load(root)
         base = image.smoke_base(ms, out=lambda *_: None)

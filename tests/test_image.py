@@ -123,7 +123,7 @@ def _engine_or_skip():
 
 
 def test_smoke_build_stops_at_a_patch_that_does_not_fit_and_tags_nothing(tmp_path, monkeypatch):
-    """A corrupted patch of ours in the gemma4 group: the build stops at validation, per hunk."""
+    """A corrupted patch of ours: the build stops at validation with the per-hunk report."""
     _engine_or_skip()
     m = manifest.load(REPO)
     try:
@@ -149,7 +149,8 @@ def test_smoke_build_stops_at_a_patch_that_does_not_fit_and_tags_nothing(tmp_pat
     folder = root / "patches" / "sglang" / m.upstream("sglang").version
     (folder / "0001-smoke.patch").write_text("Subject: [PATCH] smoke\n\nUpstream-Status: environment test\n---\n"
                                               + corrupted)
-    (folder / "series").write_text((folder / "series").read_text() + "0001-smoke.patch\n")
+    # First in [base]: validated whether or not slime's patch after it can be read here.
+    (folder / "series").write_text((folder / "series").read_text().replace("[base]\n", "[base]\n0001-smoke.patch\n", 1))
     monkeypatch.setenv("PATCHSTACK_ROOT", str(root))
     m2 = manifest.load(root)
     base = image.smoke_base(m2, out=lambda *_: None)
@@ -160,7 +161,7 @@ def test_smoke_build_stops_at_a_patch_that_does_not_fit_and_tags_nothing(tmp_pat
         image.build(plan, ctx, network="none", out=lines.append)
     report = "\n".join(lines)
     assert "docker build failed" in str(e.value) and "no image was tagged" in str(e.value)
-    assert "FAILS     [gemma4] 0001-smoke.patch" in report
+    assert "FAILS     [base] 0001-smoke.patch" in report
     assert f"{target}: hunk 1 of 1 @@" in report and "# corrupted" in report
     tags = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
                           text=True).stdout.split()
