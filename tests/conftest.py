@@ -95,6 +95,24 @@ class Upstream:
         return dest
 
 
+def file_patch(tmp: Path, path: str, before: str, after: str) -> str:
+    """The git diff that turns `before` into `after` at `path` (made in a scratch repository)."""
+    wt = tmp / "patch-src"
+    (wt / Path(path).parent).mkdir(parents=True)
+    (wt / path).write_text(before)
+    run_git(wt, "init", "-q")
+    run_git(wt, "add", "-A")
+    run_git(wt, "commit", "-qm", "base")
+    (wt / path).write_text(after)
+    return run_git(wt, "diff")
+
+
+def corrupt_context(body: str, mark: str = "  # corrupted") -> tuple[str, str]:
+    """The patch with its first context line of some length changed; and that line as it was."""
+    ctx = next(line for line in body.splitlines() if line.startswith(" ") and len(line.strip()) > 8)
+    return body.replace(ctx + "\n", ctx + mark + "\n", 1), ctx
+
+
 def numbered(n: int, prefix: str = "line") -> str:
     return "".join(f"{prefix} {i}\n" for i in range(1, n + 1))
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import REPO, numbered, run_git
+from conftest import REPO, corrupt_context, file_patch, numbered, run_git
 
 from patchstack import image, manifest, sources
 from patchstack.errors import SourceUnavailable, StackError
@@ -71,7 +70,7 @@ def test_tag_encodes_pins_flag_and_series_hash(world):
     b = image.make_plan(m, gemma4=False, commit="x")
     repo, tag = a.tag.split(":")
     assert repo == "gemma4-stack"
-    assert f"sglang-v1" in tag and f"megatron-v1" in tag and "gemma4-1" in tag and "gemma4-0" in b.tag
+    assert "sglang-v1" in tag and "megatron-v1" in tag and "gemma4-1" in tag and "gemma4-0" in b.tag
     assert tag.endswith(f"_s{a.series_hash[:12]}") and a.series_hash != b.series_hash
     assert a.extra_tags == ["gemma4-stack:mine"]
     assert len(a.tag) <= 128 + len(repo) + 1
@@ -132,16 +131,8 @@ def test_smoke_build_stops_at_a_patch_that_does_not_fit_and_tags_nothing(tmp_pat
         pytest.skip(f"SGLang sdist unreachable: {e.message}")
     target = "python/sglang/srt/utils/common.py"
     text = sgl.tree.read(target).decode()
-    wt = tmp_path / "src"
-    (wt / Path(target).parent).mkdir(parents=True)
-    (wt / target).write_text(text)
-    run_git(wt, "init", "-q")
-    run_git(wt, "add", "-A")
-    run_git(wt, "commit", "-qm", "base")
-    (wt / target).write_text(text.replace("\nimport ", "\n# gemma4 stack smoke marker\nimport ", 1))
-    body = run_git(wt, "diff")
-    ctx_line = next(x for x in body.splitlines() if x.startswith(" ") and len(x.strip()) > 6)
-    corrupted = body.replace(ctx_line + "\n", ctx_line + " # corrupted\n", 1)
+    body = file_patch(tmp_path, target, text, text.replace("\nimport ", "\n# gemma4 stack smoke marker\nimport ", 1))
+    corrupted, _ = corrupt_context(body, " # corrupted")
     root = tmp_path / "stack"
     for part in ("patches", "docker", "build"):
         shutil.copytree(REPO / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))

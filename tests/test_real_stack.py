@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import REPO, run_git, tool
+from conftest import REPO, corrupt_context, file_patch, run_git, tool
 
 from patchstack import check, diff, engine, manifest, sources
 from patchstack.errors import SourceUnavailable
@@ -68,18 +67,9 @@ def test_corrupted_hunk_against_real_sglang_is_named(real, tmp_path, monkeypatch
     text = sgl.tree.read(target).decode()
     lines = text.splitlines(keepends=True)
     i = next(n for n, line in enumerate(lines) if n > 200 and line.strip().startswith("self."))
-    # Build the patch with git from the real file, then corrupt one context line of its hunk.
-    wt = tmp_path / "src"
-    (wt / Path(target).parent).mkdir(parents=True)
-    (wt / target).write_text(text)
-    run_git(wt, "init", "-q")
-    run_git(wt, "add", "-A")
-    run_git(wt, "commit", "-qm", "base")
     lines.insert(i, "        # gemma4 stack: marker line\n")
-    (wt / target).write_text("".join(lines))
-    body = run_git(wt, "diff")
-    ctx = next(line for line in body.splitlines() if line.startswith(" ") and len(line.strip()) > 8)
-    corrupted = body.replace(ctx + "\n", ctx + "  # corrupted\n", 1)
+    body = file_patch(tmp_path, target, text, "".join(lines))
+    corrupted, ctx = corrupt_context(body)
     header = "Subject: [PATCH] Marker\n\nUpstream-Status: environment test\n---\n"
 
     root = tmp_path / "stack"
