@@ -211,9 +211,8 @@ def start(manifest: Manifest, upstream: str, to: str, *, sha256: str | None = No
         "entries": [{"name": e.name, "group": e.group, "external": e.is_external,
                      "line": f"{e.name} sha256={e.sha256}" if e.is_external else e.name,
                      "text": texts[e.name]} for e in entries],
-        "next": 0, "pending": None, "report": [], "seconds": 0.0,
+        "next": 0, "pending": None, "report": [], "seconds": time.monotonic() - t0,
     }
-    state["seconds"] = time.monotonic() - t0
     return _run(manifest, rd, state)
 
 
@@ -337,13 +336,11 @@ def _finish(manifest: Manifest, rd: Path, state: dict) -> None:
         else:
             (folder / e["name"]).write_bytes(data)
             lines.append((e["group"], e["name"]))
-    old_series = series.load(manifest, upstream)
     text = f"# Patch series for {upstream} {state['to']}, regenerated from {state['from']} by `make rebase`.\n"
     text += "# Format: see patches/sglang/v0.5.9/series.\n"
     for g in manifest.groups:
         text += f"\n[{g}]\n" + "".join(f"{line}\n" for grp, line in lines if grp == g)
     (folder / series.SERIES_FILE).write_text(text)
-    assert old_series  # the old folder is left as it was
     state["done"] = True
     state["folder"] = str(folder)
     _write_report(manifest, state)
