@@ -206,6 +206,20 @@ def cmd_push(m, args) -> int:
     return 0
 
 
+def cmd_materialise(m, args) -> int:
+    from .materialise import materialise
+
+    r = materialise(m, args.upstream, _groups(m, args), Path(args.dest), only=args.only, offline=args.offline)
+    print(f"{args.upstream}: source: {r.source}")
+    for p in r.written:
+        print(f"wrote     {p}")
+    for p in r.need_source:
+        print(f"NOT WRITTEN {p}: the patches change it, and its upstream file is not reachable")
+    print(f"{len(r.written)} files written to {args.dest}" + (f", {len(r.need_source)} need the source"
+                                                                 if r.need_source else ""))
+    return 3 if r.need_source else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="patchstack", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -277,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", required=True)
     p.add_argument("--tag")
     p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("materialise", help="write the files a series creates or changes into a folder")
+    p.add_argument("upstream")
+    p.add_argument("--dest", required=True)
+    p.add_argument("--only", action="append", metavar="GLOB", help="only paths matching (repeatable)")
+    _add_selection(p)
+    p.set_defaults(func=cmd_materialise)
 
     p = sub.add_parser("lint", help="lint the series files and our patch files")
     p.set_defaults(func=cmd_lint)
