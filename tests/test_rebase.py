@@ -95,17 +95,23 @@ def test_every_status_then_continue_after_resolving(world):
     clash = (tree / "clash.py").read_text()
     assert "<<<<<<< upstream" in clash and "x theirs\n" in clash and "x ours\n" in clash
     assert clash.count("<<<<<<< ") == 1 and "||||||| upstream v1" in clash
-    clash = clash[:clash.index("<<<<<<<")] + "x both\n" + clash[clash.index(">>>>>>>"):].split("\n", 1)[1]
+    # Resolve as a person would: keep upstream's side of the block, with the clashing line merged.
+    theirs = clash[clash.index("<<<<<<<"):clash.index("|||||||")].split("\n", 1)[1]
+    clash = (clash[:clash.index("<<<<<<<")] + theirs.replace("x theirs\n", "x both\n")
+             + clash[clash.index(">>>>>>>"):].split("\n", 1)[1])
     (tree / "clash.py").write_text(clash)
     code, out, err = tool("rebase", "megatron", "--continue")
     assert code == 0, err
     summary = out.split("\n")
     interdiff = {summary[i].split(":")[0].strip(): summary[i + 1 + ("conflict" in summary[i + 1])].strip()
                  for i in range(len(summary) - 2) if summary[i].startswith("  0")}
-    assert interdiff["0001-clean.patch"] == "interdiff: same change, only moved"
-    assert interdiff["0002-offset.patch"].startswith("interdiff: same change, only moved (1 hunks")
-    assert interdiff["0005-done.patch"] == "interdiff: changes what the code does: 1 hunks dropped (upstream has them)"
-    assert interdiff["0008-clash.patch"] == "interdiff: changes what the code does: 1 hunks resolved by hand"
+    assert interdiff["0001-clean.patch"] == "interdiff: same change, only moved (context and line numbers)"
+    assert interdiff["0004-merged.patch"] == "interdiff: same change, only moved (context and line numbers)"
+    assert interdiff["0006-renamed.patch"] == "interdiff: same change, only moved (context and line numbers)"
+    assert interdiff["0005-done.patch"] == ("interdiff: changes what the code does: the regenerated patch changes "
+                                            "nothing (upstream has all of it)")
+    assert interdiff["0008-clash.patch"] == ("interdiff: changes what the code does: clash.py: the lines it removes "
+                                             "or adds differ (removes 1, was 1; adds 1, was 1)")
     report = json.loads((world.root / "out" / "rebase-report.json").read_text())
     assert report["done"] and _statuses(report)["0008-clash.patch"] == ["conflict"]
     assert report["patches"][7]["hunks"][0]["resolved"] is True

@@ -323,8 +323,12 @@ def _finish(manifest: Manifest, rd: Path, state: dict) -> None:
     ext_dir = rd / "external"
     folder.mkdir(parents=True)
     lines: list[tuple[str, str]] = []
+    moved = renames(Path(state["git_dir"]), state["from_commit"], state["to_commit"])
+    state["interdiff"] = {}
     for c, e in zip(commits, state["entries"]):
         data = workspace.render(tree, c)
+        state["interdiff"][e["name"]] = interdiff(diff.parse(e["name"], e["text"].encode("utf-8", "surrogateescape")),
+                                                  data, moved)
         if git("diff", "--quiet", f"{c}^", c, cwd=tree, check=False).returncode == 0:
             lines.append((e["group"], f"# {e['line']}  -- dropped: upstream {state['to']} has all of it"))
             continue
@@ -374,7 +378,7 @@ def summary(manifest: Manifest, state: dict) -> str:
         for h in p["hunks"]:
             if h["status"] == merge.CONFLICT and not h.get("resolved"):
                 lines.append(f"    conflict: {h['file']} hunk at old line {h['old_start']}: {h.get('reason', '')}")
-        lines.append(f"    interdiff: {_interdiff(p)}")
+        lines.append(f"    interdiff: {state.get('interdiff', {}).get(p['name']) or _interdiff(p)}")
     tree = rebase_dir(manifest, state["upstream"]) / "tree"
     if state.get("stopped"):
         files = state["pending"]["files"]
@@ -396,6 +400,37 @@ def summary(manifest: Manifest, state: dict) -> str:
             lines.append(f'to move the pin, in patches/pins.toml: version = "{state["to"]}", '
                          f'commit = "{state["to_commit"]}"')
     return "\n".join(lines)
+
+
+def _changes(patch: diff.Patch, moved: dict[str, str] | None = None) -> dict[str, tuple[list, list]]:
+    """What a patch does, file by file: the lines it removes and the lines it adds, in order."""
+    out: dict[str, tuple[list, list]] = {}
+    for fp in patch.files:
+        path = (moved or {}).get(fp.path, fp.path)
+        removed, added = out.setdefault(path, ([], []))
+        for h in fp.hunks:
+            removed += [t for k, t in h.lines if k == "-"]
+            added += [t for k, t in h.lines if k == "+"]
+    return out
+
+
+def interdiff(old: diff.Patch, new_text: bytes, moved: dict[str, str]) -> str:
+    """Whether the regenerated patch does what the old one did (only moved), or what differs."""
+    try:
+        new = diff.parse(old.name, new_text)
+    except StackError:
+        return "changes what the code does: the regenerated patch changes nothing (upstream has all of it)"
+    a, b = _changes(old, moved), _changes(new)
+    if a == b:
+        return "same change, only moved (context and line numbers)"
+    differ = []
+    for path in sorted(set(a) | set(b)):
+        ra, aa = a.get(path, ([], []))
+        rb, ab = b.get(path, ([], []))
+        if (ra, aa) != (rb, ab):
+            differ.append(f"{path}: the lines it removes or adds differ (removes {len(rb)}, was {len(ra)}; "
+                          f"adds {len(ab)}, was {len(aa)})")
+    return "changes what the code does: " + "; ".join(differ)
 
 
 def _interdiff(p: dict) -> str:
