@@ -1,4 +1,4 @@
-"""Command line: sources, check, apply, lint. The Makefile, the Dockerfile and CI call these."""
+"""Command line of patchstack. The Makefile, the Dockerfile and CI call these commands, as a person does."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ def cmd_image(m, args) -> int:
     from . import image
 
     plan = image.make_plan(m, gemma4=args.gemma4, base_image=args.base_image, user_tag=args.tag,
-                           offline=args.offline)
+                           offline=args.offline, groups=_groups(m, args))
     print(image.describe(plan))
     if args.plan:
         print(json.dumps({"tag": plan.tag, "build_args": plan.build_args, "labels": plan.labels}, indent=2))
@@ -179,7 +179,8 @@ def cmd_image_smoke(m, args) -> int:
     from . import image
 
     base = image.smoke_base(m)
-    plan = image.make_plan(m, gemma4=args.gemma4, smoke=True, base_image=base, offline=args.offline)
+    plan = image.make_plan(m, gemma4=args.gemma4, smoke=True, base_image=base, offline=args.offline,
+                           groups=_groups(m, args))
     print(image.describe(plan))
     ctx = image.prepare_context(m, plan, m.root / "out" / "image" / "smoke-context", offline=args.offline)
     image.build(plan, ctx, network="none")
@@ -201,7 +202,7 @@ def cmd_inspect(m, args) -> int:
 def cmd_push(m, args) -> int:
     from . import image
 
-    plan = image.make_plan(m, gemma4=args.gemma4, user_tag=args.tag, offline=True)
+    plan = image.make_plan(m, gemma4=args.gemma4, user_tag=args.tag, offline=True, groups=_groups(m, args))
     image.push([plan.tag, *plan.extra_tags], args.registry)
     return 0
 

@@ -67,8 +67,11 @@ def repo_commit(root: Path) -> str:
 
 
 def make_plan(manifest: Manifest, *, gemma4: bool, smoke: bool = False, base_image: str | None = None,
-              user_tag: str | None = None, offline: bool = False, commit: str | None = None) -> Plan:
-    groups = manifest.select_groups(frozenset({"gemma4"}) if gemma4 else frozenset())
+              user_tag: str | None = None, offline: bool = False, commit: str | None = None,
+              groups: list[str] | None = None) -> Plan:
+    """The build plan; `groups` (default: base, plus gemma4 with `gemma4`) as the CLI selects them."""
+    groups = groups or manifest.select_groups(frozenset({"gemma4"}) if gemma4 else frozenset())
+    gemma4 = gemma4 or "gemma4" in groups
     reader = check.PatchSource(manifest, offline)
     trees: dict[str, TreePlan] = {}
     for name, up in manifest.upstreams.items():
