@@ -104,22 +104,31 @@ class Patch:
 
 
 def _unquote(raw: bytes) -> str:
+    """A path field as git writes it: C-quoted ("a/x\\ty", octal escapes for UTF-8), maybe followed by
+    a tab (git adds one after a quoted name with spaces; GNU diff puts a timestamp there)."""
     s = raw.decode("utf-8", "surrogateescape")
-    if s.startswith('"') and s.endswith('"'):
-        body = s[1:-1].encode("latin-1", "surrogateescape").decode("unicode_escape")
-        s = body.encode("latin-1").decode("utf-8", "surrogateescape")
-    return s
+    if s.startswith('"'):
+        end, i = None, 1
+        while i < len(s):
+            if s[i] == "\\":
+                i += 2
+                continue
+            if s[i] == '"':
+                end = i
+                break
+            i += 1
+        if end is not None:
+            body = s[1:end].encode("latin-1", "surrogateescape").decode("unicode_escape")
+            return body.encode("latin-1").decode("utf-8", "surrogateescape")
+    return s.split("\t", 1)[0].rstrip()
 
 
 def _strip_prefix(path: str, where: str) -> str | None:
-    path = path.split("\t", 1)[0].rstrip()
     if path == "/dev/null":
         return None
     if path.startswith(("a/", "b/")):
-        path = path[2:]
-    else:
-        raise StackError(f"{where}: path {path!r} has no a/ or b/ prefix", hint="patches are made with git diff (-p1)")
-    return path
+        return path[2:]
+    raise StackError(f"{where}: path {path!r} has no a/ or b/ prefix", hint="patches are made with git diff (-p1)")
 
 
 class _Reader:
@@ -159,6 +168,11 @@ def parse(name: str, data: bytes) -> Patch:
             r.next()  # blank lines between files; "-- " starts a format-patch signature
             if line.startswith(b"-- "):
                 break
+        elif line[:1] in (b" ", b"+", b"-") and files and files[-1].hunks:
+            h = files[-1].hunks[-1]
+            raise StackError(f"{r.where(1)}: line {line.rstrip()!r} comes after hunk {h.header} of {files[-1].path}, "
+                             "whose line counts say it has ended",
+                             hint="the hunk's counts were edited or the patch is damaged: regenerate it")
         else:
             raise StackError(f"{r.where(1)}: unexpected line {line.rstrip()!r} between files of the patch")
     if not files:
