@@ -26,7 +26,10 @@ def _tarball(path, files: dict[str, bytes], top="pkg-1.0"):
 
 def _sdist_world(world, tmp_path, sha256=None, commit="0" * 40):
     archive = tmp_path / "pkg-1.0.tar.gz"
-    digest = _tarball(archive, {"pkg/__init__.py": b"x = 1\n", "pkg/run.sh": b"#!/bin/sh\n", "PKG-INFO": b"v\n"})
+    if archive.exists():  # one archive per test: gzip stamps the time, so a second one differs
+        digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    else:
+        digest = _tarball(archive, {"pkg/__init__.py": b"x = 1\n", "pkg/run.sh": b"#!/bin/sh\n", "PKG-INFO": b"v\n"})
     (world.root / "patches" / "pins.toml").write_text(
         f'[upstream.pkg]\nversion = "v1"\ncommit = "{"a" * 40}"\ngit = "https://example.invalid/pkg.git"\n'
         f'image_path = "/opt/pkg"\n[upstream.pkg.sdist]\nurl = "{archive}"\nsha256 = "{sha256 or digest}"\n'
