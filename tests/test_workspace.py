@@ -25,6 +25,16 @@ def _stack(world):
     return mg
 
 
+def _amend(ws, back: int, path: str, old: str, new: str) -> None:
+    """Edit the commit `back` commits below the tip of 'patches', as a person would, and replay the rest."""
+    run_git(ws, "checkout", "-q", f"patches~{back}")
+    (ws / path).write_text((ws / path).read_text().replace(old, new))
+    run_git(ws, "commit", "-q", "-a", "--amend", "--no-edit")
+    edited = run_git(ws, "rev-parse", "HEAD").strip()
+    run_git(ws, "checkout", "-q", "patches")
+    run_git(ws, "rebase", "-q", "--onto", edited, f"patches~{back}", "patches")
+
+
 def _workspace(world, *extra):
     code, out, err = tool("workspace", "megatron", "--gemma4", *extra)
     assert code == 0, err
@@ -52,12 +62,7 @@ def test_export_is_byte_stable_and_an_edit_changes_only_its_file(world):
     assert code == 0 and "0 written, 2 unchanged, 0 removed; series file unchanged" in out
     assert _files(folder) == normal
     # Edit the first patch of ours (HEAD~1) and export: only its file changes.
-    run_git(ws, "checkout", "-q", "HEAD~1")
-    (ws / "a.py").write_text((ws / "a.py").read_text().replace("five\n", "FIVE\n"))
-    run_git(ws, "commit", "-q", "-a", "--amend", "--no-edit")
-    first = run_git(ws, "rev-parse", "HEAD").strip()
-    run_git(ws, "checkout", "-q", "patches")
-    run_git(ws, "rebase", "-q", "--onto", first, "patches~1", "patches")
+    _amend(ws, 1, "a.py", "five\n", "FIVE\n")
     code, out, _ = tool("export", "megatron")
     assert code == 0 and "wrote     0001-first.patch" in out
     after = _files(folder)
@@ -89,12 +94,7 @@ def test_edited_external_patch_goes_to_out_not_patches(world):
     folder = world.folder("megatron")
     before = _files(folder)
     ws = _workspace(world)
-    run_git(ws, "checkout", "-q", "patches~2")  # slime's patch, the first commit after upstream
-    (ws / "b.py").write_text((ws / "b.py").read_text().replace("b three\n", "b THREE\n"))
-    run_git(ws, "commit", "-q", "-a", "--amend", "--no-edit")
-    edited = run_git(ws, "rev-parse", "HEAD").strip()
-    run_git(ws, "checkout", "-q", "patches")
-    run_git(ws, "rebase", "-q", "--onto", edited, "patches~2", "patches")
+    _amend(ws, 2, "b.py", "b three\n", "b THREE\n")  # slime's patch, the first commit after upstream
     code, out, _ = tool("export", "megatron")
     assert code == 0
     assert "EXTERNAL  slime:docker/megatron.patch" in out and "written under out/ only" in out
