@@ -140,3 +140,14 @@ def test_hunk_without_trailing_context_is_anchored_at_the_end_like_git(tmp_path)
     res = engine.apply_patch(diff.parse("p", patch_text.encode()), DirTree(repo))
     p = subprocess.run(["git", "apply", "--check", "-"], cwd=repo, input=patch_text.encode(), capture_output=True)
     assert p.returncode != 0 and res.status == engine.FAILS
+
+
+def test_a_rename_already_made_reads_as_applied(tmp_path):
+    repo = _repo_with(tmp_path, "".join(f"l{i}\n" for i in range(30)).encode(), "old.py")
+    run_git(repo, "mv", "old.py", "new.py")
+    (repo / "new.py").write_text("".join(f"l{i}\n" for i in range(30)).replace("l3\n", "L3\n"))
+    run_git(repo, "add", "-A")
+    patch_text = run_git(repo, "diff", "--cached", "-M", "HEAD")
+    assert "rename from old.py" in patch_text  # the tree now holds the renamed, changed file
+    res = engine.apply_patch(diff.parse("p", patch_text.encode()), DirTree(repo))
+    assert res.status == engine.APPLIED and res.changes == {}

@@ -241,15 +241,7 @@ def _apply_forward(patch: Patch, tree: Tree) -> PatchResult:
             changes[fp.new_path] = (fp.new_mode or REGULAR, content)  # type: ignore[index]
             continue
         src_mode, src = current(fp.old_path)  # type: ignore[arg-type]
-        if src is None:
-            moved = fp.new_path if fp.rename and fp.new_path != fp.old_path else None
-            dst_mode, dst = current(moved) if moved else (None, None)
-            if moved and dst is not None:
-                # Renamed already? Then the hunks' new sides must be in the new file.
-                hunks, _ = apply_hunks(_reversed(fp), dst)
-                if all(h.status in (FITS, OFFSET) for h in hunks):
-                    fr.status, fr.reason = APPLIED, f"already renamed to {moved}"
-                    continue
+        if src is None:  # (a rename already made is recognised by the whole reversed patch)
             if fp.is_delete:
                 fr.status, fr.reason = APPLIED, "the file it deletes is already gone"
                 continue
