@@ -125,16 +125,13 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
         new_lines = diff.split_lines(new_text)
         m = merge.align(old_lines, new_lines)
         placements = []
-        work = list(old_lines)
+        # Where each hunk sits in the old file: the engine's own placement (the patch fits the old
+        # side, checked above), taken back to the old file's line numbers.
+        fitted_hunks, _ = engine.apply_hunks(fp, b"".join(old_lines))
         delta = 0
-        for h in fp.hunks:
-            pos = engine.find(work, h.before, h.new_start - 1 if h.new_start else 0,
-                              h.old_start in (0, 1), h.trailing == 0 and bool(h.before))
-            assert pos is not None  # the patch fits the old side: checked above
-            work[pos:pos + len(h.before)] = h.after
-            p_old = pos - delta
+        for h, fh in zip(fp.hunks, fitted_hunks):
+            pl = merge.place(h, old_lines, new_lines, m, fh.at - 1 - delta)  # type: ignore[operator]
             delta += len(h.after) - len(h.before)
-            pl = merge.place(h, old_lines, new_lines, m, p_old)
             placements.append((h, pl))
         # Two hunks may not claim overlapping lines: the later one becomes a conflict.
         last_end = -1
