@@ -110,3 +110,17 @@ def test_export_refuses_uncommitted_changes(world):
     (ws / "a.py").write_text("dirty\n")
     code, _, err = tool("export", "megatron")
     assert code == 2 and "has uncommitted changes" in err
+
+
+def test_first_patches_of_a_group_keep_the_groups_in_their_order(world):
+    # An empty [base] and the first commits of [gemma4]: base must stay first (the apply order).
+    world.upstream("megatron", {"a.py": FILE})
+    folder = world.folder("megatron")
+    (folder / "series").write_text("# series\n\n[base]\n\n[gemma4]\n")
+    ws = _workspace(world)
+    (ws / "a.py").write_text(FILE.replace("line 7\n", "seven\n"))
+    run_git(ws, "commit", "-q", "-a", "-m", "Gemma4 change", "-m",
+            "Upstream-Status: environment tests\n\nPatchstack-Group: gemma4")
+    assert tool("export", "megatron")[0] == 0
+    text = (folder / "series").read_text()
+    assert text.index("[base]") < text.index("[gemma4]") < text.index("0001-gemma4-change.patch")

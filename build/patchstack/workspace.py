@@ -292,7 +292,9 @@ def _rewrite_series(old: series.Series, entries: list[tuple[str, str]], ws_group
     by_group: dict[str, list[str]] = {}
     for g, line in keep_other + entries:
         by_group.setdefault(g, []).append(line)
-    groups = [g for g in dict.fromkeys([*(e.group for e in old.entries), *by_group, *ws_groups])]
+    # groups keep the order the file gave them (empty ones too), new ones after
+    headers = [s.strip()[1:-1] for s in lines[first_group:] if s.strip().startswith("[") and s.strip().endswith("]")]
+    groups = list(dict.fromkeys([*headers, *(e.group for e in old.entries), *by_group, *ws_groups]))
     out = list(preamble)
     for g in groups:
         if out and out[-1].strip():
