@@ -1,0 +1,183 @@
+"""Two CPU ranks (gloo) running the Gemma4 Megatron model against transformers.
+
+    python dist_worker.py {tp|cp} PORT RESULT_JSON
+
+tp: tensor parallel 2, weights sharded by the converter, logits and every gradient
+    (gathered and merged as slime gathers them) against transformers.
+cp: context parallel 2 in Megatron's layout (rank r holds chunks r and 3-r), unpacked
+    and packed, logits and gradients against transformers; and on an all-sliding model
+    the window holds across the CP boundary.
+Run by test_distributed.py; prints nothing on success, the result goes to RESULT_JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+sys.path.insert(0, os.path.dirname(__file__))
+import g4util  # noqa: E402
+
+WORLD = 2
+
+
+def _grads_as_hf(model, settings, group, tp):
+    from slime_plugins.models.gemma4.weights import Gemma4ToHF, merge_tp
+
+    conv = Gemma4ToHF(settings)
+    out = {}
+    for name, p in model.named_parameters():
+        g = p.grad.contiguous()
+        if tp > 1 and getattr(p, "tensor_model_parallel", False):
+            parts = [torch.empty_like(g) for _ in range(tp)]
+            dist.all_gather(parts, g, group=group)
+            g = merge_tp(name, parts)
+        for hf_name, t in conv.convert(name, g):
+            out[hf_name] = t
+    return out
+
+
+def _compare_grads(ours, hf):
+    worst = 0.0
+    for name, p in hf.named_parameters():
+        if p.grad is None or name == "lm_head.weight":
+            continue
+        worst = max(worst, g4util.rel_max(ours[name], p.grad))
+    return worst
+
+
+def _cp_index(total: int, rank: int) -> torch.Tensor:
+    """Global token indices CP rank `rank` holds of a sequence of `total` tokens."""
+    chunk = total // (2 * WORLD)
+    first = torch.arange(rank * chunk, (rank + 1) * chunk)
+    second = torch.arange((2 * WORLD - 1 - rank) * chunk, (2 * WORLD - rank) * chunk)
+    return torch.cat([first, second])
+
+
+def run_tp(rank, result):
+    import torch.nn.functional as F
+    from megatron.core import parallel_state
+    from slime_plugins.models.gemma4.weights import Parallel
+
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=WORLD)
+    group = parallel_state.get_tensor_model_parallel_group()
+    cfg = dict(g4util.DENSE, num_global_key_value_heads=2)  # every head count splits over 2 ranks
+    hf = g4util.hf_model(cfg)
+    model, settings = g4util.megatron_model(cfg, tensor_model_parallel_size=WORLD)
+    g4util.load_from_hf(model, settings, hf.state_dict(), Parallel(tp_size=WORLD, tp_rank=rank))
+    torch.manual_seed(5)
+    ids = torch.randint(0, settings.vocab_size, (2, 15))
+    labels = torch.randint(0, settings.vocab_size, (2, 15))
+    ref = hf(ids).logits
+    shard = model(input_ids=ids, position_ids=None, attention_mask=None)  # this rank's vocabulary half
+    # Megatron's own gather of the logits allocates on CUDA; gather with autograd instead
+    from torch.distributed.nn.functional import all_gather
+
+    ours = torch.cat(all_gather(shard.contiguous(), group=group), dim=-1)
+    result["tp_logits"] = g4util.rel_max(ours, ref)
+    F.cross_entropy(ref.flatten(0, 1), labels.flatten()).backward()
+    # every rank computes the whole loss: scale it so the gather's backward (a sum) counts it once
+    (F.cross_entropy(ours.flatten(0, 1), labels.flatten()) / WORLD).backward()
+    # what Megatron's finalize_model_grads does: sum q/k norm gradients over TP when qk_layernorm
+    for name, p in model.named_parameters():
+        if model.config.qk_layernorm and ("q_layernorm" in name or "k_layernorm" in name):
+            dist.all_reduce(p.grad, group=group)
+    result["tp_grads"] = _compare_grads(_grads_as_hf(model, settings, group, WORLD), hf)
+
+
+def run_ep(rank, result):
+    import torch.nn.functional as F
+    from megatron.core import parallel_state
+    from slime_plugins.models.gemma4.weights import Parallel
+
+    parallel_state.initialize_model_parallel(expert_model_parallel_size=WORLD)
+    hf = g4util.hf_model(g4util.MOE)
+    model, settings = g4util.megatron_model(g4util.MOE, expert_model_parallel_size=WORLD)
+    g4util.load_from_hf(model, settings, hf.state_dict(), Parallel(ep_size=WORLD, ep_rank=rank))
+    torch.manual_seed(7)
+    ids = torch.randint(0, settings.vocab_size, (2, 15))
+    ref = hf(ids).logits
+    ours = model(input_ids=ids, position_ids=None, attention_mask=None)
+    result["ep_logits"] = g4util.rel_max(ours, ref)
+
+
+def run_cp(rank, result):
+    import torch.nn.functional as F
+    from megatron.core import parallel_state
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    parallel_state.initialize_model_parallel(context_parallel_size=WORLD)
+    group = parallel_state.get_context_parallel_group()
+    hf = g4util.hf_model(g4util.MOE)
+    model, settings = g4util.megatron_model(g4util.MOE, context_parallel_size=WORLD)
+    g4util.load_from_hf(model, settings, hf.state_dict())
+    torch.manual_seed(6)
+
+    # unpacked: one sequence of 16 tokens, 8 on each rank
+    ids = torch.randint(0, settings.vocab_size, (1, 16))
+    labels = torch.randint(0, settings.vocab_size, (1, 16))
+    idx = _cp_index(16, rank)
+    ref = hf(ids).logits
+    ours = model(input_ids=ids[:, idx], position_ids=None, attention_mask=None)
+    result["cp_unpacked_logits"] = g4util.rel_max(ours, ref[:, idx])
+    F.cross_entropy(ref[0], labels[0], reduction="sum").backward()
+    F.cross_entropy(ours[0], labels[0, idx], reduction="sum").backward()
+    for p in model.parameters():
+        dist.all_reduce(p.grad, group=group)
+    result["cp_unpacked_grads"] = _compare_grads(_grads_as_hf(model, settings, None, 1), hf)
+
+    # packed: sequences of 12 and 8 tokens, each split in Megatron's CP layout
+    lengths = [12, 8]
+    seqs = [torch.randint(0, settings.vocab_size, (1, n)) for n in lengths]
+    local = torch.cat([s[:, _cp_index(n, rank)] for s, n in zip(seqs, lengths)], dim=1)
+    cu = torch.tensor([0, 12, 20], dtype=torch.int32)
+    packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, cu_seqlens_q_padded=cu,
+                             cu_seqlens_kv_padded=cu, max_seqlen_q=12, max_seqlen_kv=12)
+    ours = model(input_ids=local, position_ids=None, attention_mask=None, packed_seq_params=packed)[0]
+    ref = torch.cat([hf(s).logits[0, _cp_index(n, rank)] for s, n in zip(seqs, lengths)])
+    result["cp_packed_logits"] = g4util.rel_max(ours, ref)
+
+    # the window across the CP boundary: all-sliding, one layer, window 5; the last token of the
+    # sequence (held by rank 0, chunk 3) sees tokens 12..15 and not 11 (held by rank 1)
+    sliding = [g4util.SLIDING]
+    model1, settings1 = g4util.megatron_model(dict(g4util.DENSE, num_hidden_layers=1, layer_types=sliding),
+                                              layer_types=sliding, context_parallel_size=WORLD)
+    with torch.no_grad():
+        for name, p in model1.named_parameters():
+            if "norm" not in name:
+                p.normal_(0, 0.2)
+    base = model1(input_ids=ids[:, idx], position_ids=None, attention_mask=None)
+    moved = {}
+    for back in (4, 5):
+        changed = ids.clone()
+        changed[0, 15 - back] = (changed[0, 15 - back] + 1) % settings1.vocab_size
+        out = model1(input_ids=changed[:, idx], position_ids=None, attention_mask=None)
+        if rank == 0:  # rank 0 holds global position 15 as its last local token
+            moved[back] = (out[0, -1] - base[0, -1]).abs().max().item()
+    if rank == 0:
+        result["cp_window_inside"] = moved[4]
+        result["cp_window_outside"] = moved[5]
+
+
+def _worker(rank, mode, port, path):
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    result = {}
+    try:
+        {"tp": run_tp, "cp": run_cp, "ep": run_ep}[mode](rank, result)
+    except Exception:  # noqa: BLE001 - reported to the test
+        result["error"] = traceback.format_exc()
+    with open(f"{path}.{rank}", "w") as f:
+        json.dump(result, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mode, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    mp.spawn(_worker, args=(mode, port, path), nprocs=WORLD, join=True)

@@ -1,0 +1,190 @@
+"""Shared pieces of the Gemma4 tests: where the code comes from, tiny configs, both models.
+
+The Gemma4 code lives in patches (patches/slime/.../series, group gemma4).  By default
+it is materialised from them (no slime source needed: the modules are files the patches
+create) and run on megatron-core from PyPI.  GEMMA4_SLIME_TREE / GEMMA4_MEGATRON_TREE
+point the same tests at fully patched pinned trees instead (tests/test_gemma4_pinned.py
+does that whenever the sources are reachable).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MATERIALISED = ROOT / "out" / "gemma4" / "slime"
+ONLY = ("slime_plugins/models/gemma4/*", "slime/backends/megatron_utils/megatron_to_hf/gemma4.py")
+
+SLIDING, FULL = "sliding_attention", "full_attention"
+
+
+def setup_paths() -> str:
+    """Put the Gemma4 code (and a pinned Megatron, if asked) first on sys.path; say which."""
+    megatron = os.environ.get("GEMMA4_MEGATRON_TREE")
+    slime = os.environ.get("GEMMA4_SLIME_TREE")
+    if megatron:
+        sys.path.insert(0, megatron)
+    if slime:
+        sys.path.insert(0, slime)
+        return f"slime tree {slime}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "build"))
+    cmd = [sys.executable, "-m", "patchstack", "materialise", "slime", "--gemma4", "--dest", str(MATERIALISED)]
+    for glob in ONLY:
+        cmd += ["--only", glob]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if res.returncode not in (0, 3) or "slime_plugins/models/gemma4/modules.py" not in res.stdout:
+        raise RuntimeError(f"materialising the Gemma4 patches failed:\n{res.stdout}\n{res.stderr}")
+    sys.path.insert(0, str(MATERIALISED))
+    return f"materialised from the patches into {MATERIALISED}"
+
+
+@pytest.fixture(scope="session")
+def mpu():
+    """A one-rank gloo process group with Megatron's parallel state (TP = PP = EP = CP = 1).
+
+    A fixture here rather than in a conftest.py: a second conftest module would shadow tests/conftest.py."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel()
+    yield parallel_state
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------- tiny configs
+
+# Dense: sliding and global layers, K=V on the global ones (no v_proj), a window shorter than
+# the test sequences, a soft-cap small enough to bend the logits.
+DENSE = dict(
+    vocab_size=160,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    global_head_dim=32,
+    num_global_key_value_heads=1,
+    attention_k_eq_v=True,
+    layer_types=[SLIDING, FULL, SLIDING, FULL],
+    sliding_window=5,
+    hidden_size_per_layer_input=0,
+    final_logit_softcapping=2.0,
+    initializer_range=0.1,
+    rope_parameters={
+        SLIDING: {"rope_type": "default", "rope_theta": 10_000.0},
+        FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
+    },
+)
+
+# MoE: every layer has the dense MLP and the routed experts; global layers keep v_proj.
+MOE = dict(
+    DENSE,
+    attention_k_eq_v=False,
+    num_global_key_value_heads=None,
+    layer_types=[SLIDING, SLIDING, FULL],
+    num_hidden_layers=3,
+    enable_moe_block=True,
+    num_experts=8,
+    top_k_experts=2,
+    moe_intermediate_size=32,
+)
+
+CONFIGS = {"dense": DENSE, "moe": MOE}
+
+
+def config_json(cfg: dict, layout: str = "causal_lm") -> dict:
+    """config.json as a released checkpoint writes it (global_head_dim etc. as keys)."""
+    text = {k: v for k, v in cfg.items() if v is not None}
+    if layout == "causal_lm":
+        return dict(text, model_type="gemma4_text", architectures=["Gemma4ForCausalLM"])
+    return {
+        "model_type": "gemma4",
+        "architectures": ["Gemma4ForConditionalGeneration"],
+        "text_config": dict(text, model_type="gemma4_text"),
+        "vision_config": {"model_type": "gemma4_vision"},
+        "tie_word_embeddings": True,
+    }
+
+
+def hf_model(cfg: dict, seed: int = 0, dtype=None):
+    """transformers' Gemma4ForCausalLM with random weights, norms, scales and layer scalars off 1."""
+    import torch
+    from transformers import Gemma4ForCausalLM, Gemma4TextConfig
+
+    torch.manual_seed(seed)
+    conf = Gemma4TextConfig(**{k: v for k, v in cfg.items() if v is not None})
+    conf._attn_implementation = "eager"
+    model = Gemma4ForCausalLM(conf).float().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("router.scale"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+            elif name.endswith("per_expert_scale"):
+                p.copy_(0.5 + torch.rand_like(p))
+        for name, b in model.named_buffers():
+            if name.endswith("layer_scalar"):
+                b.fill_(0.5 + torch.rand(1).item())
+    if dtype is not None:
+        model = model.to(dtype)
+    return model
+
+
+def settings_for(cfg: dict, layout: str = "causal_lm"):
+    from slime_plugins.models.gemma4.config import read_settings
+
+    return read_settings(config_json(cfg, layout))
+
+
+def megatron_model(cfg: dict, dtype=None, layer_types=None, **config_overrides):
+    import torch
+    from slime_plugins.models.gemma4.model import Gemma4Model, build_transformer_config
+
+    settings = settings_for(cfg)
+    overrides = dict(use_cpu_initialization=True, params_dtype=dtype or torch.float32,
+                     moe_token_dispatcher_type="allgather")
+    if layer_types is not None:
+        overrides["gemma4_layer_types"] = tuple(layer_types)
+    overrides.update(config_overrides)
+    config = build_transformer_config(settings, **overrides)
+    return Gemma4Model(config, vocab_size=settings.vocab_size, max_sequence_length=256,
+                       share_embeddings_and_output_weights=settings.tie_word_embeddings).eval(), settings
+
+
+def load_from_hf(model, settings, state: dict, par=None):
+    from slime_plugins.models.gemma4.weights import Gemma4WeightMap, Parallel, load_into
+
+    wmap = Gemma4WeightMap(settings)
+    return load_into(model, wmap.hf_to_mcore(lambda k: state[k], par or Parallel()))
+
+
+def packed_params(lengths: list[int]):
+    import torch
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    cu = torch.tensor([0] + list(torch.tensor(lengths).cumsum(0).tolist()), dtype=torch.int32)
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                           max_seqlen_q=max(lengths), max_seqlen_kv=max(lengths))
+
+
+def rel_max(a, b) -> float:
+    """max |a - b| relative to max |b| (the reference's scale)."""
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+SOURCE = setup_paths()
