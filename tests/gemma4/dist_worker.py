@@ -1,6 +1,6 @@
 """Two CPU ranks (gloo) running the Gemma4 Megatron model against transformers.
 
-    python dist_worker.py {tp|cp} PORT RESULT_JSON
+    python dist_worker.py {tp|cp|ep} PORT RESULT_JSON      (ep: GEMMA4_DIST_DEVICE=cuda, 2 GPUs)
 
 tp: tensor parallel 2, weights sharded by the converter, logits and every gradient
     (gathered and merged as slime gathers them) against transformers.
@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import g4util  # noqa: E402
 
 WORLD = 2
+DEVICE = os.environ.get("GEMMA4_DIST_DEVICE", "cpu")  # "cuda": NCCL, one GPU a rank
 
 
 def _grads_as_hf(model, settings, group, tp):
@@ -92,19 +93,46 @@ def run_tp(rank, result):
 
 
 def run_ep(rank, result):
+    """Expert parallel 2 (alltoall dispatcher). Megatron's EP collectives allocate on CUDA, so this
+    mode needs GEMMA4_DIST_DEVICE=cuda and two GPUs; each rank gets its own batch (EP ranks are
+    data-parallel ranks), the reference sees both batches."""
     import torch.nn.functional as F
     from megatron.core import parallel_state
-    from slime_plugins.models.gemma4.weights import Parallel
+    from slime_plugins.models.gemma4.weights import Gemma4ToHF, Parallel
 
+    dev = torch.device(DEVICE, rank) if DEVICE == "cuda" else torch.device("cpu")
     parallel_state.initialize_model_parallel(expert_model_parallel_size=WORLD)
-    hf = g4util.hf_model(g4util.MOE)
-    model, settings = g4util.megatron_model(g4util.MOE, expert_model_parallel_size=WORLD)
+    hf = g4util.hf_model(g4util.MOE).to(dev)
+    model, settings = g4util.megatron_model(g4util.MOE, expert_model_parallel_size=WORLD,
+                                            moe_token_dispatcher_type="alltoall")
+    model = model.to(dev)
     g4util.load_from_hf(model, settings, hf.state_dict(), Parallel(ep_size=WORLD, ep_rank=rank))
     torch.manual_seed(7)
-    ids = torch.randint(0, settings.vocab_size, (2, 15))
-    ref = hf(ids).logits
-    ours = model(input_ids=ids, position_ids=None, attention_mask=None)
-    result["ep_logits"] = g4util.rel_max(ours, ref)
+    ids = torch.randint(0, settings.vocab_size, (WORLD, 2, 15), device=dev)
+    labels = torch.randint(0, settings.vocab_size, (WORLD, 2, 15), device=dev)
+    ref = hf(ids.flatten(0, 1)).logits
+    ours = model(input_ids=ids[rank], position_ids=None, attention_mask=None)
+    result["ep_logits"] = g4util.rel_max(ours, ref.view(WORLD, 2, 15, -1)[rank])
+    F.cross_entropy(ref.flatten(0, 1), labels.flatten(), reduction="sum").backward()
+    F.cross_entropy(ours.flatten(0, 1), labels[rank].flatten(), reduction="sum").backward()
+    n_local = settings.num_experts // WORLD
+    conv = Gemma4ToHF(settings)
+    errors = {}
+    for name, p in model.named_parameters():
+        if ".experts." in name:  # this rank's experts saw both ranks' tokens: compare directly
+            layer = int(name.split(".")[2])
+            local = int(name.split("local_experts.")[1].split(".")[0])
+            e = rank * n_local + local
+            hf_name = "gate_up_proj" if "linear_fc1" in name else "down_proj"
+            ref_grad = getattr(hf.model.layers[layer].experts, hf_name).grad[e]
+            errors[name] = (g4util.rel_max(p.grad, ref_grad), float(ref_grad.abs().max()))
+            continue
+        dist.all_reduce(p.grad)  # the data-parallel gradient sum
+        for hf_key, g in conv.convert(name, p.grad):
+            ref_grad = hf.get_parameter(hf_key).grad
+            errors[name] = (g4util.rel_max(g, ref_grad), float(ref_grad.abs().max()))
+    result["ep_grads"] = max(e for e, _ in errors.values())
+    result["ep_worst"] = sorted(errors.items(), key=lambda kv: -kv[1][0])[:4]
 
 
 def run_cp(rank, result):
@@ -167,7 +195,10 @@ def run_cp(rank, result):
 
 def _worker(rank, mode, port, path):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    if DEVICE == "cuda":
+        torch.cuda.set_device(rank)
+    backend = "nccl" if DEVICE == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     result = {}
     try:
         {"tp": run_tp, "cp": run_cp, "ep": run_ep}[mode](rank, result)

@@ -15,7 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+try:
+    import pytest
+except ImportError:  # the GPU benchmark imports this module where pytest may be absent
+    pytest = None
 
 ROOT = Path(__file__).resolve().parents[2]
 MATERIALISED = ROOT / "out" / "gemma4" / "slime"
@@ -44,11 +47,8 @@ def setup_paths() -> str:
     return f"materialised from the patches into {MATERIALISED}"
 
 
-@pytest.fixture(scope="session")
-def mpu():
-    """A one-rank gloo process group with Megatron's parallel state (TP = PP = EP = CP = 1).
-
-    A fixture here rather than in a conftest.py: a second conftest module would shadow tests/conftest.py."""
+def init_single_rank():
+    """A one-rank gloo process group with Megatron's parallel state (TP = PP = EP = CP = 1)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
 
@@ -56,7 +56,14 @@ def mpu():
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel()
-    yield parallel_state
+    return parallel_state
+
+
+if pytest is not None:
+    # A fixture here rather than in a conftest.py: a second conftest module would shadow tests/conftest.py.
+    @pytest.fixture(scope="session")
+    def mpu():
+        return init_single_rank()
 
 
 def free_port() -> int:

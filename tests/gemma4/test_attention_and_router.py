@@ -128,3 +128,18 @@ def test_slimes_routing_replay_drives_the_gemma4_router(mpu, monkeypatch):
     monkeypatch.setenv("ROUTING_REPLAY_STAGE", "replay_forward")
     probs, routing_map = router(x)
     assert torch.equal(routing_map, torch.zeros_like(routing_map).scatter_(1, forced, True))
+
+
+def test_rope_frequencies_stay_fp32_when_the_model_is_cast_to_bf16(mpu):
+    # Megatron's Float16Module casts the whole model; bf16 frequencies would move RoPE by
+    # whole radians at long positions (0.0999... * 4000 in bf16 is off by about 1.5).
+    from slime_plugins.models.gemma4.config import FULL as full
+    from slime_plugins.models.gemma4.modules import inv_frequencies
+
+    model, settings = g4util.megatron_model(CONFIGS["dense"])
+    model = model.to(torch.bfloat16)
+    attn = model.decoder.layers[1].self_attention
+    used = attn.inv_freq(torch.device("cpu"))
+    assert used.dtype == torch.float32
+    assert torch.equal(used, inv_frequencies(settings.rope[full], settings.global_head_dim))
+    assert not any("inv_freq" in n for n, _ in model.named_buffers())
