@@ -143,3 +143,21 @@ def test_rope_frequencies_stay_fp32_when_the_model_is_cast_to_bf16(mpu):
     assert used.dtype == torch.float32
     assert torch.equal(used, inv_frequencies(settings.rope[full], settings.global_head_dim))
     assert not any("inv_freq" in n for n, _ in model.named_buffers())
+
+
+def test_spec_backends_are_chosen_by_name(mpu):
+    from slime_plugins.models.gemma4.spec import get_gemma4_layer_spec
+
+    config = g4util.megatron_model(CONFIGS["moe"])[0].config
+    local = get_gemma4_layer_spec(config, 0, "local")
+    assert local.submodules.moe is not None and local.params == {"layer_index": 0}
+    try:
+        import transformer_engine  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="'te' Gemma4 spec needs Transformer Engine"):
+            get_gemma4_layer_spec(config, 0, "te")
+    else:
+        te = get_gemma4_layer_spec(config, 0, "te")
+        assert te.submodules.moe.submodules.experts.module.__name__ == "TEGroupedMLP"
+    with pytest.raises(ValueError, match="unknown Gemma4 backend 'flash'"):
+        get_gemma4_layer_spec(config, 0, "flash")
