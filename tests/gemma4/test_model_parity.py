@@ -90,3 +90,28 @@ def test_layer_scalar_and_softcap_take_effect(mpu):
         model.decoder.layers[1].layer_scalar.mul_(2.0)
     assert rel_max(model(input_ids=ids, position_ids=None, attention_mask=None), base) > 1e-3
     assert base.abs().max() <= settings.final_logit_softcapping
+
+
+@pytest.mark.parametrize("kind", ["dense", "moe"])
+def test_distributed_checkpoint_has_one_key_per_layer_with_its_own_shape(mpu, kind):
+    # what Megatron's distributed checkpointing saves when slime checkpoints a run: sliding and
+    # global layers differ in shape, so they must not be stacked under one key
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    model, settings = g4util.megatron_model(CONFIGS[kind])
+    entries = [v for v in model.sharded_state_dict().values() if isinstance(v, (ShardedTensor, ShardedTensorFactory))]
+    sharded = {v.key: v for v in entries}
+    dense = [v.key for v in entries if ".experts." not in v.key]  # experts share a key along their axis
+    assert len(set(dense)) == len(dense), "two tensors saved under one key"
+    for name, p in model.named_parameters():
+        if ".experts." in name:  # Megatron keys experts by its own expert axis
+            assert any(k.startswith(name.split(".experts.")[0] + ".experts.") for k in sharded), name
+            continue
+        assert name in sharded, name
+        if isinstance(sharded[name], ShardedTensor):
+            assert tuple(sharded[name].local_shape) == tuple(p.shape) == tuple(sharded[name].global_shape), name
+    for i in range(settings.num_hidden_layers):
+        assert f"decoder.layers.{i}.layer_scalar" in sharded
+    # without one key per layer, sliding and global linear_qkv (different shapes) would share a key
+    assert sharded["decoder.layers.0.self_attention.linear_qkv.weight"].local_shape != \
+        sharded[f"decoder.layers.{settings.layer_types.index('full_attention')}.self_attention.linear_qkv.weight"].local_shape

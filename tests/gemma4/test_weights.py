@@ -115,6 +115,20 @@ def test_round_trip_is_bit_exact_for_every_key(kind, tp, ep, pp, layout):
         assert torch.equal(back[k], state[k]), k
 
 
+def test_last_pipeline_stage_gets_its_copy_of_tied_embeddings():
+    w = _imports()
+    settings = g4util.settings_for(CONFIGS["dense"])
+    state = _hf_state("dense")
+    wmap = w.Gemma4WeightMap(settings)
+    last = dict(wmap.hf_to_mcore(state.__getitem__, w.Parallel(tp_size=2, tp_rank=1, layer_offset=2, num_layers=2,
+                                                                pre_process=False, post_process=True)))
+    half = settings.vocab_size // 2
+    assert torch.equal(last["output_layer.weight"], state["model.embed_tokens.weight"][half:])
+    assert "embedding.word_embeddings.weight" not in last
+    single = dict(wmap.hf_to_mcore(state.__getitem__, w.Parallel()))
+    assert "output_layer.weight" not in single  # one stage: the output layer uses the embedding itself
+
+
 def test_tp2_shards_are_what_megatron_tp_ranks_hold():
     # Each TP rank holds whole KV groups of linear_qkv and [gate shard; up shard] of fc1.
     w = _imports()
