@@ -67,19 +67,9 @@ def run(name, cfg, seq, iters):
         # .to(bf16) also casts transformers' RoPE inv_freq buffers, which then put long positions
         # off by radians; rebuild them in fp32 (our model keeps its frequencies fp32 for the same reason)
         hf.model.rotary_emb = type(hf.model.rotary_emb)(hf.config)
-    with torch.no_grad():
-        for n, p in hf.named_parameters():
-            if n.endswith("norm.weight") or n.endswith("router.scale"):
-                p.copy_(1.0 + 0.3 * torch.randn_like(p))
-            elif n.endswith("per_expert_scale"):
-                p.copy_(0.5 + torch.rand_like(p))
-            elif n.endswith("router.proj.weight"):
-                # at the init scale every token's 128 scores are near-ties, and which 8 win is
-                # bf16 noise; a trained router is decisive, so widen the scores
-                p.mul_(50.0)
-        for n, b in hf.named_buffers():
-            if n.endswith("layer_scalar"):
-                b.fill_(0.75)
+    # at the init scale every token's 128 router scores are near-ties and which 8 win is bf16
+    # noise; a trained router is decisive, so widen the scores
+    g4util.perturb(hf, layer_scalar=0.75, router_spread=50.0)
     settings = g4util.settings_for(cfg)
     model, _ = g4util.megatron_model(cfg, dtype=torch.bfloat16, use_cpu_initialization=False,
                                      perform_initialization=False, moe_token_dispatcher_type="alltoall")

@@ -137,18 +137,29 @@ def hf_model(cfg: dict, seed: int = 0, dtype=None):
     conf = Gemma4TextConfig(**{k: v for k, v in cfg.items() if v is not None})
     conf._attn_implementation = "eager"
     model = Gemma4ForCausalLM(conf).float().eval()
+    perturb(model)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model
+
+
+def perturb(model, layer_scalar: float | None = None, router_spread: float = 1.0) -> None:
+    """Move what transformers initialises to 1 (norm weights, router scales, per-expert scales,
+    layer scalars) off 1, so that a parameter used in the wrong place shows; `router_spread`
+    widens the router's scores (at the init scale they are near-ties)."""
+    import torch
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or name.endswith("router.scale"):
                 p.copy_(1.0 + 0.3 * torch.randn_like(p))
             elif name.endswith("per_expert_scale"):
                 p.copy_(0.5 + torch.rand_like(p))
+            elif name.endswith("router.proj.weight"):
+                p.mul_(router_spread)
         for name, b in model.named_buffers():
             if name.endswith("layer_scalar"):
-                b.fill_(0.5 + torch.rand(1).item())
-    if dtype is not None:
-        model = model.to(dtype)
-    return model
+                b.fill_(layer_scalar if layer_scalar is not None else 0.5 + torch.rand(1).item())
 
 
 def settings_for(cfg: dict, layout: str = "causal_lm"):
