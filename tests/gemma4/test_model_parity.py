@@ -115,3 +115,19 @@ def test_distributed_checkpoint_has_one_key_per_layer_with_its_own_shape(mpu, ki
     # without one key per layer, sliding and global linear_qkv (different shapes) would share a key
     assert sharded["decoder.layers.0.self_attention.linear_qkv.weight"].local_shape != \
         sharded[f"decoder.layers.{settings.layer_types.index('full_attention')}.self_attention.linear_qkv.weight"].local_shape
+
+
+@pytest.mark.parametrize("scattered", [False, True])
+def test_pad_lookups_pass_no_gradient_in_either_embedding_layout(mpu, scattered):
+    # [batch, seq, hidden] as the lookup returns it, or [seq, batch, hidden] as it returns it
+    # under sequence parallelism (reduce_scatter_embeddings)
+    from types import SimpleNamespace
+
+    from slime_plugins.models.gemma4.model import _no_grad_for_padding
+
+    ids = torch.tensor([[5, 0, 7], [0, 3, 3]])
+    module = SimpleNamespace(gemma4_pad_token_id=0, reduce_scatter_embeddings=scattered)
+    emb = torch.randn(2, 3, 4, requires_grad=True)
+    out = emb.transpose(0, 1) if scattered else emb
+    _no_grad_for_padding(module, (ids,), out).sum().backward()
+    assert (emb.grad.abs().sum(-1) == 0).tolist() == (ids == 0).tolist()

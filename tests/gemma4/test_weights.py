@@ -156,9 +156,19 @@ def _save_checkpoint(tmp_path, kind, layout="causal_lm", extra=None, drop=()):
     state = _hf_state(kind)
     settings = g4util.settings_for(CONFIGS[kind], layout)
     if layout == "conditional_generation":
-        state = {("model.language_model." + k[len("model."):] if k.startswith("model.") else k): v
-                 for k, v in state.items()}
-        state["model.vision_tower.encoder.layers.0.mlp.fc1.weight"] = torch.zeros(2, 2)
+        # the multimodal model as transformers lays it out: a vision tower beside the text model
+        from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig, Gemma4VisionConfig
+
+        vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                    num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+        text = Gemma4TextConfig(**{k: v for k, v in CONFIGS[kind].items() if v is not None})
+        full = Gemma4ForConditionalGeneration(Gemma4Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                                           audio_config=None)).state_dict()
+        renamed = {("model.language_model." + k[len("model."):] if k.startswith("model.") else k): v
+                   for k, v in state.items()}
+        assert set(renamed) <= set(full)
+        state = dict(full, **renamed)
+        assert any(k.startswith("model.vision_tower.") for k in state)
     state.pop("lm_head.weight")
     for k in drop:
         state.pop(k)
