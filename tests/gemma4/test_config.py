@@ -136,3 +136,6 @@ def test_provider_names_megatron_flags_that_disagree_with_the_checkpoint(tmp_pat
     bad = Namespace(**dict(vars(good), moe_router_topk=4, ffn_hidden_size=100))
     with pytest.raises(_error(), match=r"--ffn-hidden-size is 100, the checkpoint says 96; --moe-router-topk is 4"):
         check_megatron_args(s, bad)
+    cp = Namespace(**dict(vars(good), allgather_cp=True, context_parallel_size=2))
+    with pytest.raises(_error(), match="allgather-cp"):
+        check_megatron_args(s, cp)
