@@ -1,6 +1,6 @@
 """Two CPU ranks (gloo) running the Gemma4 Megatron model against transformers.
 
-    python dist_worker.py {tp|cp|ep} PORT RESULT_JSON      (ep: GEMMA4_DIST_DEVICE=cuda, 2 GPUs)
+    python dist_worker.py {tp|cp|ep|sp} PORT RESULT_JSON   (ep, sp: GEMMA4_DIST_DEVICE=cuda, 2 GPUs)
 
 tp: tensor parallel 2, weights sharded by the converter, logits and every gradient
     (gathered and merged as slime gathers them) against transformers.
@@ -90,6 +90,42 @@ def run_tp(rank, result):
         if model.config.qk_layernorm and ("q_layernorm" in name or "k_layernorm" in name):
             dist.all_reduce(p.grad, group=group)
     result["tp_grads"] = _compare_grads(_grads_as_hf(model, settings, group, WORLD), hf)
+
+
+def run_sp(rank, result):
+    """Tensor parallel 2 with sequence parallelism and full recompute, on the MoE model (experts
+    split by expert-TP too). Megatron's SP collectives and recompute need CUDA: GEMMA4_DIST_DEVICE=cuda."""
+    import torch.nn.functional as F
+    from megatron.core import parallel_state, tensor_parallel
+    from slime_plugins.models.gemma4.weights import Parallel
+    from torch.distributed.nn.functional import all_gather
+
+    dev = torch.device(DEVICE, rank)
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=WORLD)
+    tensor_parallel.model_parallel_cuda_manual_seed(0)
+    group = parallel_state.get_tensor_model_parallel_group()
+    hf = g4util.hf_model(g4util.MOE).to(dev)
+    model, settings = g4util.megatron_model(
+        g4util.MOE, tensor_model_parallel_size=WORLD, sequence_parallel=True, moe_token_dispatcher_type="alltoall",
+        recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    model = model.to(dev).train()
+    g4util.load_from_hf(model, settings, hf.state_dict(), Parallel(tp_size=WORLD, tp_rank=rank, etp_size=WORLD,
+                                                                   etp_rank=rank))
+    torch.manual_seed(8)
+    ids = torch.randint(1, settings.vocab_size, (2, 16), device=dev)
+    ids[0, 3] = 0  # a pad token: its lookup passes no gradient, under SP too
+    labels = torch.randint(0, settings.vocab_size, (2, 16), device=dev)
+    ref = hf(ids).logits
+    ours = torch.cat(all_gather(model(input_ids=ids, position_ids=None, attention_mask=None).contiguous(),
+                                group=group), dim=-1)
+    result["sp_logits"] = g4util.rel_max(ours, ref)
+    F.cross_entropy(ref.flatten(0, 1), labels.flatten()).backward()
+    (F.cross_entropy(ours.flatten(0, 1), labels.flatten()) / WORLD).backward()
+    # Megatron's finalize_model_grads: sum over TP the grads of sequence-parallel params and q/k norms
+    for name, p in model.named_parameters():
+        if getattr(p, "sequence_parallel", False) or "q_layernorm" in name or "k_layernorm" in name:
+            dist.all_reduce(p.grad, group=group)
+    result["sp_grads"] = _compare_grads(_grads_as_hf(model, settings, group, WORLD), hf)
 
 
 def run_ep(rank, result):
@@ -201,7 +237,7 @@ def _worker(rank, mode, port, path):
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     result = {}
     try:
-        {"tp": run_tp, "cp": run_cp, "ep": run_ep}[mode](rank, result)
+        {"tp": run_tp, "cp": run_cp, "ep": run_ep, "sp": run_sp}[mode](rank, result)
     except Exception:  # noqa: BLE001 - reported to the test
         result["error"] = traceback.format_exc()
     with open(f"{path}.{rank}", "w") as f:

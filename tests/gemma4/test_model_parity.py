@@ -129,5 +129,7 @@ def test_pad_lookups_pass_no_gradient_in_either_embedding_layout(mpu, scattered)
     module = SimpleNamespace(gemma4_pad_token_id=0, reduce_scatter_embeddings=scattered)
     emb = torch.randn(2, 3, 4, requires_grad=True)
     out = emb.transpose(0, 1) if scattered else emb
-    _no_grad_for_padding(module, (ids,), out).sum().backward()
+    result = _no_grad_for_padding(module, (ids,), out.contiguous())
+    assert result.is_contiguous()  # sequence parallelism all-gathers it next, which needs that
+    result.sum().backward()
     assert (emb.grad.abs().sum(-1) == 0).tolist() == (ids == 0).tolist()
