@@ -1,6 +1,6 @@
 """Two CPU ranks (gloo) running the Gemma4 Megatron model against transformers.
 
-    python dist_worker.py {tp|cp|ep|sp} PORT RESULT_JSON   (ep, sp: GEMMA4_DIST_DEVICE=cuda, 2 GPUs)
+    python dist_worker.py {tp|cp|ep|sp|replay} PORT RESULT_JSON   (ep, sp, replay: GEMMA4_DIST_DEVICE=cuda, 2 GPUs)
 
 tp: tensor parallel 2, weights sharded by the converter, logits and every gradient
     (gathered and merged as slime gathers them) against transformers.
@@ -128,6 +128,46 @@ def run_sp(rank, result):
     result["sp_grads"] = _compare_grads(_grads_as_hf(model, settings, group, WORLD), hf)
 
 
+def run_replay(rank, result):
+    """slime's routing replay through the Gemma4 router, for real (its record step pins memory and
+    its replay moves indices to CUDA): GEMMA4_DIST_DEVICE=cuda, and the pinned Megatron with slime's
+    patch (GEMMA4_MEGATRON_TREE) and slime (GEMMA4_SLIME_TREE) first on the path. Record the
+    routing, change the routers' weights, then replay: the recorded experts come back."""
+    from megatron.core import parallel_state
+    from slime.utils.routing_replay import RoutingReplay
+
+    os.environ["ENABLE_ROUTING_REPLAY"] = "1"
+    dev = torch.device(DEVICE, rank)
+    parallel_state.initialize_model_parallel(expert_model_parallel_size=WORLD)
+    model, settings = g4util.megatron_model(g4util.MOE, expert_model_parallel_size=WORLD,
+                                            moe_token_dispatcher_type="alltoall")
+    model = model.to(dev)
+    routers = [layer.mlp.router for layer in model.decoder.layers]
+    assert all(isinstance(r.routing_replay, RoutingReplay) for r in routers)
+    maps = []
+    for r in routers:
+        r.register_forward_hook(lambda m, i, o: maps.append(o[1].clone()))
+    ids = torch.randint(0, settings.vocab_size, (2, 15), device=dev)
+
+    def routing(stage):
+        os.environ["ROUTING_REPLAY_STAGE"] = stage
+        maps.clear()
+        with torch.no_grad():
+            model(input_ids=ids, position_ids=None, attention_mask=None)
+        return [m.clone() for m in maps]
+
+    recorded = routing("record")
+    with torch.no_grad():
+        for r in routers:
+            r.weight.normal_(0, 1.0)
+    natural = routing("fallthrough")
+    RoutingReplay.clear_all_forward()
+    replayed = routing("replay_forward")
+    result["replay_layers"] = len(recorded)
+    result["replay_changed_without_replay"] = sum(not torch.equal(a, b) for a, b in zip(recorded, natural))
+    result["replay_equal"] = all(torch.equal(a, b) for a, b in zip(recorded, replayed))
+
+
 def run_ep(rank, result):
     """Expert parallel 2 (alltoall dispatcher). Megatron's EP collectives allocate on CUDA, so this
     mode needs GEMMA4_DIST_DEVICE=cuda and two GPUs; each rank gets its own batch (EP ranks are
@@ -237,7 +277,7 @@ def _worker(rank, mode, port, path):
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     result = {}
     try:
-        {"tp": run_tp, "cp": run_cp, "ep": run_ep, "sp": run_sp}[mode](rank, result)
+        {"tp": run_tp, "cp": run_cp, "ep": run_ep, "sp": run_sp, "replay": run_replay}[mode](rank, result)
     except Exception:  # noqa: BLE001 - reported to the test
         result["error"] = traceback.format_exc()
     with open(f"{path}.{rank}", "w") as f:
