@@ -85,11 +85,16 @@ def test_layer_scalar_and_softcap_take_effect(mpu):
     # The parity above must not hold by accident: changing a layer scalar or the cap moves the logits.
     hf, model, settings = _pair("dense")
     ids = torch.randint(0, settings.vocab_size, (1, 9))
-    base = model(input_ids=ids, position_ids=None, attention_mask=None)
     with torch.no_grad():
+        base = model(input_ids=ids, position_ids=None, attention_mask=None)
         model.decoder.layers[1].layer_scalar.mul_(2.0)
-    assert rel_max(model(input_ids=ids, position_ids=None, attention_mask=None), base) > 1e-3
-    assert base.abs().max() <= settings.final_logit_softcapping
+        assert rel_max(model(input_ids=ids, position_ids=None, attention_mask=None), base) > 1e-3
+        model.decoder.layers[1].layer_scalar.div_(2.0)
+        model.output_layer.gemma4_softcap = 1e6  # as good as no cap
+        uncapped = model(input_ids=ids, position_ids=None, attention_mask=None)
+    assert rel_max(uncapped, base) > 1e-2
+    assert torch.allclose(torch.tanh(uncapped / settings.final_logit_softcapping) * settings.final_logit_softcapping,
+                          base, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["dense", "moe"])
