@@ -101,13 +101,19 @@ def test_crlf_and_lone_cr_are_content(tmp_path):
     assert engine.apply_patch(diff.parse("p", patch_text), DirTree(repo)).status == engine.FAILS
 
 
-def test_rename_with_changes(tmp_path):
+def _rename_with_changes(tmp_path):
+    """A repo where old.py was renamed to new.py and changed (staged), and git's patch for that."""
     repo = _repo_with(tmp_path, "".join(f"l{i}\n" for i in range(30)).encode(), "old.py")
     run_git(repo, "mv", "old.py", "new.py")
     (repo / "new.py").write_text("".join(f"l{i}\n" for i in range(30)).replace("l3\n", "L3\n"))
     run_git(repo, "add", "-A")
     patch_text = run_git(repo, "diff", "--cached", "-M", "HEAD")
     assert "rename from old.py" in patch_text
+    return repo, patch_text
+
+
+def test_rename_with_changes(tmp_path):
+    repo, patch_text = _rename_with_changes(tmp_path)
     run_git(repo, "reset", "-q", "--hard")
     res = engine.apply_patch(diff.parse("p", patch_text.encode()), DirTree(repo))
     assert res.status == engine.FITS
@@ -143,11 +149,6 @@ def test_hunk_without_trailing_context_is_anchored_at_the_end_like_git(tmp_path)
 
 
 def test_a_rename_already_made_reads_as_applied(tmp_path):
-    repo = _repo_with(tmp_path, "".join(f"l{i}\n" for i in range(30)).encode(), "old.py")
-    run_git(repo, "mv", "old.py", "new.py")
-    (repo / "new.py").write_text("".join(f"l{i}\n" for i in range(30)).replace("l3\n", "L3\n"))
-    run_git(repo, "add", "-A")
-    patch_text = run_git(repo, "diff", "--cached", "-M", "HEAD")
-    assert "rename from old.py" in patch_text  # the tree now holds the renamed, changed file
+    repo, patch_text = _rename_with_changes(tmp_path)  # the tree now holds the renamed, changed file
     res = engine.apply_patch(diff.parse("p", patch_text.encode()), DirTree(repo))
     assert res.status == engine.APPLIED and res.changes == {}
