@@ -12,6 +12,12 @@ from pathlib import Path
 
 import pytest
 
+# The SGLang tests run SGLang's Triton kernels on the CPU, in Triton's interpreter. That is
+# decided when Triton is first imported (megatron-core imports it too, in other tests of the
+# same session), so it is set here, before any test module is imported.
+if os.environ.get("GEMMA4_TRITON_ON_GPU") != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "build"))
 
