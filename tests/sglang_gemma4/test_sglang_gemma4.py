@@ -302,23 +302,35 @@ def test_other_attention_backends_are_refused(flags, named, tmp_path):
     assert "Gemma4ForCausalLM runs only with the triton attention backend" in str(err.value)
 
 
+@pytest.mark.parametrize("flags,named", [
+    (dict(moe_runner_backend="flashinfer_trtllm"), "--moe-runner-backend flashinfer_trtllm"),
+    (dict(moe_a2a_backend="deepep"), "--moe-a2a-backend deepep"),
+])
+def test_other_moe_backends_are_refused_for_the_moe_model(flags, named, tmp_path):
+    sa = _server_args_for_checkpoint(tmp_path, kind="moe", **flags)
+    with pytest.raises(ValueError, match=named):
+        sa._handle_model_specific_adjustments()
+    dense = _server_args_for_checkpoint(tmp_path, **flags)  # no experts: nothing to refuse
+    dense._handle_model_specific_adjustments()
+
+
 def test_triton_is_the_default_backend(tmp_path):
     sa = _server_args_for_checkpoint(tmp_path)
     sa._handle_model_specific_adjustments()
     assert sa.attention_backend == "triton"
 
 
-def _server_args_for_checkpoint(tmp_path, **flags):
+def _server_args_for_checkpoint(tmp_path, kind="dense", **flags):
     import copy
     from types import SimpleNamespace
 
-    (tmp_path / "config.json").write_text(json.dumps(g4util.config_json(CONFIGS["dense"])))
+    (tmp_path / "config.json").write_text(json.dumps(g4util.config_json(CONFIGS[kind])))
     sa = copy.copy(harness.server_args())
     sa.model_path = str(tmp_path)
     sa.attention_backend = sa.prefill_attention_backend = sa.decode_attention_backend = None
     for k, v in flags.items():
         setattr(sa, k, v)
-    conf = Gemma4TextConfig(**g4util.config_json(CONFIGS["dense"]))
+    conf = Gemma4TextConfig(**g4util.config_json(CONFIGS[kind]))
     sa.get_model_config = lambda: SimpleNamespace(hf_config=conf)
     return sa
 
