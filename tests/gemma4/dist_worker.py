@@ -269,12 +269,12 @@ def run_cp(rank, result):
         result["cp_window_outside"] = moved[5]
 
 
-def _worker(rank, mode, port, path):
+def _worker(rank, mode, rendezvous, path):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     if DEVICE == "cuda":
         torch.cuda.set_device(rank)
     backend = "nccl" if DEVICE == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    dist.init_process_group(backend, init_method=rendezvous, rank=rank, world_size=WORLD)
     result = {}
     try:
         {"tp": run_tp, "cp": run_cp, "ep": run_ep, "sp": run_sp, "replay": run_replay}[mode](rank, result)
@@ -286,5 +286,9 @@ def _worker(rank, mode, port, path):
 
 
 if __name__ == "__main__":
-    mode, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    mp.spawn(_worker, args=(mode, port, path), nprocs=WORLD, join=True)
+    # RENDEZVOUS: a port (tcp://127.0.0.1:PORT; torch's TCPStore then listens on every interface)
+    # or an init-method URL such as file:///tmp/rendezvous, which the tests use
+    mode, rendezvous, path = sys.argv[1], sys.argv[2], sys.argv[3]
+    if rendezvous.isdigit():
+        rendezvous = f"tcp://127.0.0.1:{rendezvous}"
+    mp.spawn(_worker, args=(mode, rendezvous, path), nprocs=WORLD, join=True)

@@ -10,8 +10,8 @@ does that whenever the sources are reachable).
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -53,7 +53,11 @@ def init_single_rank():
     from megatron.core import parallel_state
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+        # a file rendezvous: "tcp://" would start torch's TCPStore, which listens on every interface
+        fd, path = tempfile.mkstemp(prefix="gemma4-rendezvous-")
+        os.close(fd)
+        os.unlink(path)
+        dist.init_process_group("gloo", init_method=f"file://{path}", rank=0, world_size=1)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel()
     return parallel_state
@@ -64,12 +68,6 @@ if pytest is not None:
     @pytest.fixture(scope="session")
     def mpu():
         return init_single_rank()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- tiny configs

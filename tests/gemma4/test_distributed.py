@@ -1,4 +1,4 @@
-"""Tensor and context parallelism on two CPU ranks (gloo on 127.0.0.1), against transformers."""
+"""Tensor and context parallelism on two CPU ranks (gloo, a file rendezvous), against transformers."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def _run(mode, tmp_path):
     tree = str(Path(pkg.__file__).resolve().parents[3])  # the folder holding slime_plugins/
     env = dict(os.environ, GEMMA4_SLIME_TREE=tree, OMP_NUM_THREADS="1")
     out = tmp_path / "result"
-    res = subprocess.run([sys.executable, str(WORKER), mode, str(g4util.free_port()), str(out)],
+    rendezvous = f"file://{tmp_path / 'rendezvous'}"  # not tcp: torch's TCPStore listens on every interface
+    res = subprocess.run([sys.executable, str(WORKER), mode, rendezvous, str(out)],
                          env=env, capture_output=True, text=True, timeout=600)
     results = []
     for rank in range(2):

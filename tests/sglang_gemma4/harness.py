@@ -131,7 +131,7 @@ def setup_sglang(
     behind "tcp://" listens on every interface).  With tp_size > 1, gloo is kept on the loopback
     interface (GLOO_SOCKET_IFNAME, unless set) and SGLang's message-queue broadcaster (shared
     memory + zmq, which only carries scheduler requests) is off (SGLANG_USE_MESSAGE_QUEUE_
-    BROADCASTER, unless set).  One rank: dist_init_method defaults to tcp://127.0.0.1:<free port>.
+    BROADCASTER, unless set).  One rank: dist_init_method defaults to a file rendezvous in the temp folder.
     Returns the global ServerArgs.
     """
     if _STATE and tree is None:
@@ -290,17 +290,22 @@ def _install_stand_ins(packages=STAND_INS):
     sys.meta_path.append(_AbsentFinder(missing))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _loopback_interface() -> str:
     names = [name for _, name in socket.if_nameindex() if name.startswith("lo")]
     if not names:
         raise RuntimeError("no loopback network interface (lo*) to keep gloo on")
     return names[0]
+
+
+def _file_rendezvous() -> str:
+    """A one-rank rendezvous through a file: "tcp://" would start torch's TCPStore, which listens
+    on every interface."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="sglang-harness-rendezvous-")
+    os.close(fd)
+    os.unlink(path)
+    return f"file://{path}"
 
 
 def _init_parallel_state(sa, tp_rank: int = 0, dist_init_method: Optional[str] = None):
@@ -327,9 +332,9 @@ def _init_parallel_state(sa, tp_rank: int = 0, dist_init_method: Optional[str] =
     if tp_size > 1:
         # Read by initialize_model_parallel: the TP group's broadcaster of scheduler requests.
         os.environ.setdefault("SGLANG_USE_MESSAGE_QUEUE_BROADCASTER", "false")
-    # ModelRunner sets LOCAL_SIZE only where sgl_kernel's CPU shared-memory all-reduce exists; a
-    # stray one would send GroupCoordinator to torch.ops.sgl_kernel.shm_allreduce (absent here).
-    os.environ.pop("LOCAL_SIZE", None)
+        # ModelRunner sets LOCAL_SIZE only where sgl_kernel's CPU shared-memory all-reduce exists;
+        # a stray one would send GroupCoordinator to torch.ops.sgl_kernel.shm_allreduce (absent).
+        os.environ.pop("LOCAL_SIZE", None)
     ps.set_custom_all_reduce(not sa.disable_custom_all_reduce)
     if ps._WORLD is None:
         ps.init_distributed_environment(
@@ -337,7 +342,7 @@ def _init_parallel_state(sa, tp_rank: int = 0, dist_init_method: Optional[str] =
             world_size=tp_size,
             rank=tp_rank,
             local_rank=tp_rank,
-            distributed_init_method=dist_init_method or f"tcp://127.0.0.1:{_free_port()}",
+            distributed_init_method=dist_init_method or _file_rendezvous(),
         )
     if ps._TP is None:
         ps.initialize_model_parallel(tensor_model_parallel_size=tp_size)

@@ -101,5 +101,17 @@ def build(dest: Path = DEST) -> Built:
     return built
 
 
+def build_or_skip() -> Built:
+    """build() for a test module: skipped, with the reason, where the SGLang sources cannot be
+    reached; any other failure (a patch that does not apply) is an error."""
+    import pytest
+    from patchstack.errors import SourceUnavailable
+
+    try:
+        return build()
+    except SourceUnavailable as e:
+        pytest.skip(f"SGLang v0.5.9 sources unreachable: {e.message}", allow_module_level=True)
+
+
 if __name__ == "__main__":
     print(build().describe())

@@ -25,14 +25,7 @@ pytest.importorskip("megatron.core")
 
 import sgltree  # noqa: E402
 
-try:
-    BUILT = sgltree.build()
-except Exception as e:
-    from patchstack.errors import SourceUnavailable
-
-    if isinstance(e, SourceUnavailable):
-        pytest.skip(f"SGLang v0.5.9 sources unreachable: {e.message}", allow_module_level=True)
-    raise
+BUILT = sgltree.build_or_skip()
 
 import harness  # noqa: E402
 

@@ -29,14 +29,7 @@ transformers = pytest.importorskip("transformers")
 
 import sgltree  # noqa: E402
 
-try:
-    BUILT = sgltree.build()
-except Exception as e:  # the sdist unreachable, or a patch that does not apply
-    from patchstack.errors import SourceUnavailable
-
-    if isinstance(e, SourceUnavailable):
-        pytest.skip(f"SGLang v0.5.9 sources unreachable: {e.message}", allow_module_level=True)
-    raise
+BUILT = sgltree.build_or_skip()
 
 import harness  # noqa: E402
 
