@@ -36,6 +36,9 @@ Tensor parallelism: each of tp_size processes calls
 checkpoint goes to every rank's load_weights, whose weight loaders take that rank's shard, and
 each runner's pools hold that rank's KV heads (read from the model's RadixAttention layers).
 
+On a GPU machine without sgl-kernel, SGLANG_HARNESS_DEVICE=cuda runs the same on the GPU: the
+Triton kernels compiled, every other op on SGLang's forward_native path (gpu_check.py).
+
 The module-level `prefill`, `extend`, `decode_step`, `chunked_prefill` accept a runner or a model
 (a model gets one cached runner, built with default arguments).
 

@@ -3,8 +3,9 @@
 A tiny random Gemma3 (sliding and global layers, a window shorter than the sequences, final
 soft-cap) is built in transformers, its weights go through SGLang's load_weights, and the logits
 of prefill (a ragged batch), decode past the window, chunked prefill (and a mixed EXTEND batch)
-are compared, with SGLang's TritonAttnBackend run by Triton's interpreter.  Temporary: delete it
-once the Gemma4 tests use the harness.
+are compared, with SGLang's TritonAttnBackend run by Triton's interpreter. It checks the harness
+on a model SGLang itself ships, and records v0.5.9's own decode window for Gemma3 (one key short,
+an expected failure) next to our Gemma4's.
 
 Shims for SGLang's gemma3_causal (written for transformers 4.57) on transformers 5.24, all in this
 file: the old rope attributes on the config SGLang gets, the "default" rope (gone from
@@ -19,28 +20,10 @@ import copy
 import pytest
 
 import harness
+import sgltree
 
-pytest.importorskip("msgspec", reason="SGLang v0.5.9 imports msgspec on the way to its attention backends (pip install msgspec)")
-
-
-def _tree():
-    """The tree test_sglang_gemma4.py uses (one process imports one sglang), else the harness's
-    default (SGLANG_TREE, or the patchstack workspace)."""
-    try:
-        import sgltree
-    except ImportError:
-        return None
-    try:
-        return sgltree.build().path
-    except Exception as e:
-        from patchstack.errors import SourceUnavailable
-
-        if isinstance(e, SourceUnavailable):
-            pytest.skip(f"SGLang v0.5.9 sources unreachable: {e.message}", allow_module_level=True)
-        raise
-
-
-harness.setup_sglang(_tree())
+# the tree the Gemma4 tests use: one process imports one sglang
+harness.setup_sglang(sgltree.build_or_skip().path)
 
 import torch  # noqa: E402
 
