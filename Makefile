@@ -1,5 +1,6 @@
 # Thin driver: every target calls the patchstack tool (build/patchstack), where the behaviour lives.
 #
+#   make help               this list
 #   make check [GEMMA4=1]   validate every patch series against its pinned source
 #   make lint               lint the series files and our patch files
 #   make test               run the test suite (sets up its own venv under out/)
@@ -11,6 +12,7 @@
 #   make image-smoke [GEMMA4=1]        offline smoke build of the same Dockerfile, checked inside
 #   make inspect IMAGE=...             an image's provenance labels
 #   make push REGISTRY=... [GEMMA4=1]  push the image's tags
+#   make clean                         remove out/ and the tool's egg-info
 #
 # Sources come from UPSTREAM_<NAME>_GIT (a local mirror) or the URLs in patches/pins.toml.
 
@@ -20,8 +22,15 @@ VENV    := out/venv
 PY      := $(VENV)/bin/python
 TOOL    := $(PY) -m patchstack
 SELECT  := $(if $(filter 1,$(GEMMA4)),--gemma4,)
+ifeq ($(filter 0 1,$(GEMMA4)),)
+$(error GEMMA4 must be 0 or 1, not '$(GEMMA4)': GEMMA4=1 adds the Gemma4 patch groups)
+endif
 
-.PHONY: venv sources check lint test clean workspace export rebase image image-smoke inspect push
+.PHONY: help venv sources check lint test clean workspace export rebase image image-smoke inspect push
+
+# The targets and what they do: the comment block at the top of this file.
+help:
+	@sed -n 's/^#   /  /p' $(firstword $(MAKEFILE_LIST))
 
 venv: $(VENV)/.installed
 
@@ -67,4 +76,4 @@ test: venv
 	exit $$rc
 
 clean:
-	rm -rf out
+	rm -rf out build/*.egg-info

@@ -157,3 +157,16 @@ def test_smoke_build_stops_at_a_patch_that_does_not_fit_and_tags_nothing(tmp_pat
     tags = subprocess.run(["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True,
                           text=True).stdout.split()
     assert plan.tag not in tags
+
+
+def test_inspect_refuses_a_missing_image_and_one_without_the_stacks_labels(capsys):
+    """One clear line and a non-zero exit, not a traceback or an empty table."""
+    from patchstack import cli
+
+    _engine_or_skip()
+    assert cli.main(["inspect", "gemma4-stack-no-such-image:0"]) == 2
+    err = capsys.readouterr().err
+    assert "no image 'gemma4-stack-no-such-image:0'" in err and "Traceback" not in err
+    base = image.smoke_base(manifest.load(REPO), out=lambda *_: None)  # a plain imported Debian
+    assert cli.main(["inspect", base]) == 2
+    assert "has none of this stack's labels" in capsys.readouterr().err

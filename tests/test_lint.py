@@ -20,6 +20,14 @@ def test_a_good_series_passes(world):
     assert "OK: 0 problems in 1 patch files" in out
 
 
+def test_one_problem_is_one_problem(world):
+    up = world.upstream("slime", {"a.py": FILE})
+    world.add_patch("slime", "0001-nosubject.patch", _good(up).replace("Subject:", "Topic:"))
+    code, out, _ = tool("lint")
+    assert code == 1
+    assert "FAILED: 1 problem in 1 patch files" in out
+
+
 def test_header_must_say_why_the_patch_exists(world):
     up = world.upstream("slime", {"a.py": FILE})
     text = _good(up)

@@ -112,7 +112,7 @@ def cmd_lint(m, args) -> int:
     for p in problems:
         print(p)
     n = sum(1 for _ in m.patches_dir.glob("*/*/*.patch"))
-    print(f"{'FAILED' if problems else 'OK'}: {len(problems)} problems in {n} patch files "
+    print(f"{'FAILED' if problems else 'OK'}: {len(problems)} problem{'' if len(problems) == 1 else 's'} in {n} patch files "
           f"of {len(m.upstreams)} upstreams")
     return 1 if problems else 0
 
@@ -223,7 +223,7 @@ def cmd_materialise(m, args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="patchstack", description=__doc__)
-    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("sources", help="fetch and verify the pinned sources into the cache")
     p.add_argument("upstream", nargs="*")

@@ -329,7 +329,18 @@ def build(plan: Plan, context: Path, *, network: str = "host", nocache: bool = F
 
 
 def inspect_labels(image: str) -> dict[str, str]:
-    return client().images.get(image).labels or {}
+    """The labels of an image this stack built; an error for a missing image or a foreign one."""
+    import docker
+
+    try:
+        labels = client().images.get(image).labels or {}
+    except docker.errors.ImageNotFound:
+        raise StackError(f"no image {image!r} in this Docker engine",
+                         hint="`docker images` lists them; `make image` builds one") from None
+    if not any(k.startswith(NS + ".") for k in labels):
+        raise StackError(f"image {image!r} has none of this stack's labels ({NS}.*): not built by "
+                         "`make image` or `make image-smoke`")
+    return labels
 
 
 def format_labels(lab: dict[str, str]) -> str:
