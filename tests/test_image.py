@@ -90,7 +90,7 @@ def test_unreachable_trees_are_left_out_and_said(world, monkeypatch):
     assert not slime.included and "nowhere" in slime.reason
     mg = plan.trees["megatron"]
     assert mg.included and mg.entries == [] and mg.left_out == ["slime:docker/megatron.patch"]
-    assert plan.labels[f"{image.NS}.megatron.status"].startswith("partly applied; left out slime:docker/megatron.patch")
+    assert plan.labels[f"{image.NS}.megatron.status"].startswith("nothing applied; left out slime:docker/megatron.patch")
     assert plan.labels[f"{image.NS}.slime.status"].startswith("left out: ")
     assert "LEFT OUT" in image.describe(plan)
 
@@ -170,3 +170,41 @@ def test_inspect_refuses_a_missing_image_and_one_without_the_stacks_labels(capsy
     base = image.smoke_base(manifest.load(REPO), out=lambda *_: None)  # a plain imported Debian
     assert cli.main(["inspect", base]) == 2
     assert "has none of this stack's labels" in capsys.readouterr().err
+
+
+def test_an_incomplete_image_is_refused_before_any_docker_step(world, monkeypatch, capsys):
+    """`make image` with a source unreachable: a non-zero exit naming the tree and the variable to
+    set, and neither the context nor the build is started."""
+    from patchstack import cli
+
+    _stack(world)
+    monkeypatch.setenv("UPSTREAM_SLIME_GIT", str(world.tmp / "nowhere"))
+    called = []
+    monkeypatch.setattr(image, "prepare_context", lambda *a, **k: called.append("context"))
+    monkeypatch.setattr(image, "build", lambda *a, **k: called.append("build"))
+    assert cli.main(["image", "--gemma4"]) == 2
+    err = capsys.readouterr().err
+    assert called == []
+    assert "the image would be incomplete, so it is not built" in err
+    assert "slime: the whole tree" in err and "megatron: slime:docker/megatron.patch" in err
+    assert "UPSTREAM_SLIME_GIT=" in err
+
+
+def test_an_incomplete_plan_says_so_in_tag_and_labels(world, monkeypatch):
+    import os
+
+    _stack(world)
+    slime_git = os.environ["UPSTREAM_SLIME_GIT"]
+    monkeypatch.setenv("UPSTREAM_SLIME_GIT", str(world.tmp / "nowhere"))  # before slime is cached
+    plan = image.make_plan(manifest.load(), gemma4=True, smoke=True, base_image="b", commit="x",
+                           allow_incomplete=True)
+    assert plan.tag.endswith("_incomplete") and plan.labels[f"{image.NS}.complete"] == "0"
+    assert plan.labels[f"{image.NS}.megatron.status"].startswith("nothing applied; left out")
+    image.require_complete(manifest.load(), plan)  # asked to be incomplete: allowed
+    with pytest.raises(StackError, match="incomplete"):
+        image.require_complete(manifest.load(), image.make_plan(manifest.load(), gemma4=True, commit="x"))
+    monkeypatch.setenv("UPSTREAM_SLIME_GIT", slime_git)
+    complete = image.make_plan(manifest.load(), gemma4=True, commit="x")
+    assert not complete.missing and "incomplete" not in complete.tag
+    assert complete.labels[f"{image.NS}.complete"] == "1"
+    image.require_complete(manifest.load(), complete)  # nothing to refuse

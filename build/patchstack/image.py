@@ -55,6 +55,18 @@ class Plan:
     extra_tags: list[str] = field(default_factory=list)
     build_args: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    allow_incomplete: bool = False
+
+    @property
+    def missing(self) -> list[str]:
+        """What the image would lack, one line per tree: a tree left out, or entries not applied."""
+        out = []
+        for tp in self.trees.values():
+            if not tp.included:
+                out.append(f"{tp.upstream}: the whole tree ({tp.reason})")
+            elif tp.left_out:
+                out.append(f"{tp.upstream}: {', '.join(tp.left_out)} ({tp.reason})")
+        return out
 
 
 def repo_commit(root: Path) -> str:
@@ -68,8 +80,12 @@ def repo_commit(root: Path) -> str:
 
 def make_plan(manifest: Manifest, *, gemma4: bool, smoke: bool = False, base_image: str | None = None,
               user_tag: str | None = None, offline: bool = False, commit: str | None = None,
-              groups: list[str] | None = None) -> Plan:
-    """The build plan; `groups` (default: base, plus gemma4 with `gemma4`) as the CLI selects them."""
+              groups: list[str] | None = None, allow_incomplete: bool = False) -> Plan:
+    """The build plan; `groups` (default: base, plus gemma4 with `gemma4`) as the CLI selects them.
+
+    An image that would lack a tree or a selected patch is refused (`require_complete`) unless
+    `allow_incomplete`, which the smoke build and the tests use: its tag and labels then say
+    `incomplete`."""
     groups = groups or manifest.select_groups(frozenset({"gemma4"}) if gemma4 else frozenset())
     gemma4 = gemma4 or "gemma4" in groups
     reader = check.PatchSource(manifest, offline)
@@ -99,7 +115,8 @@ def make_plan(manifest: Manifest, *, gemma4: bool, smoke: bool = False, base_ima
         for g, n, h in tp.entries:
             digest.update(f"{tp.upstream}\t{g}\t{n}\t{h}\n".encode())
     plan = Plan(gemma4, smoke, groups, base_image or default_base_image(manifest.root), trees,
-                commit or repo_commit(manifest.root), series_hash=digest.hexdigest())
+                commit or repo_commit(manifest.root), series_hash=digest.hexdigest(),
+                allow_incomplete=allow_incomplete)
     plan.tag = image_tag(plan)
     if user_tag:
         plan.extra_tags.append(user_tag if ":" in user_tag else f"{repository(plan)}:{user_tag}")
@@ -132,7 +149,8 @@ def image_tag(plan: Plan) -> str:
     for name, tp in plan.trees.items():
         ver = tp.version if tp.version.startswith("v") else tp.commit[:8]
         parts.append(f"{name}-{ver}")
-    tag = "_".join(parts + [f"gemma4-{int(plan.gemma4)}", f"s{plan.series_hash[:12]}"])
+    tag = "_".join(parts + [f"gemma4-{int(plan.gemma4)}", f"s{plan.series_hash[:12]}"]
+                   + (["incomplete"] if plan.missing else []))
     tag = re.sub(r"[^A-Za-z0-9_.-]", "-", tag)[:128]
     return f"{repository(plan)}:{tag}"
 
@@ -149,6 +167,7 @@ def labels(plan: Plan) -> dict[str, str]:
         f"{NS}.groups": ",".join(plan.groups),
         f"{NS}.series-sha256": plan.series_hash,
         f"{NS}.smoke": "1" if plan.smoke else "0",
+        f"{NS}.complete": "0" if plan.missing else "1",
     }
     for name, tp in plan.trees.items():
         p = f"{NS}.{name}"
@@ -161,10 +180,26 @@ def labels(plan: Plan) -> dict[str, str]:
         if not tp.included:
             out[f"{p}.status"] = f"left out: {tp.reason}"
         elif tp.left_out:
-            out[f"{p}.status"] = f"partly applied; left out {', '.join(tp.left_out)}: {tp.reason}"
+            done = "partly applied" if tp.entries else "nothing applied"
+            out[f"{p}.status"] = f"{done}; left out {', '.join(tp.left_out)}: {tp.reason}"
         else:
             out[f"{p}.status"] = "applied"
     return out
+
+
+def require_complete(manifest: Manifest, plan: Plan) -> None:
+    """Stop before any Docker step when the image would lack a tree or a selected patch (unless the
+    plan allows an incomplete image), saying what is missing and how to provide it."""
+    if plan.missing and not plan.allow_incomplete:
+        text = "\n".join(plan.missing)
+        unreachable = [n for n in manifest.upstreams if f"{n}: cannot reach" in text] or [
+            n for n in manifest.upstreams if any(line.startswith(f"{n}:") for line in plan.missing)]
+        hints = [f"{manifest.upstream(n).env_git}=<path or URL of a git repository holding "
+                 f"{manifest.upstream(n).commit[:12]}>" for n in unreachable]
+        raise StackError(
+            "the image would be incomplete, so it is not built:\n  " + "\n  ".join(plan.missing),
+            hint="make the sources reachable (network, or a mirror: " + "; ".join(sorted(set(hints)))
+                 + "), then run again; `make check` says what each source needs")
 
 
 def describe(plan: Plan) -> str:
