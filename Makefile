@@ -8,7 +8,7 @@
 #   make workspace UPSTREAM=<name> [GEMMA4=1]   the series as commits on the pin, under out/workspace/
 #   make export UPSTREAM=<name>                 the workspace's commits back into patches/
 #   make rebase UPSTREAM=<name> TO=<version|commit> [CONTINUE=1]   the series onto a new upstream
-#   make image [GEMMA4=1] [TAG=...]   the GPU image (needs a Docker engine)
+#   make image [GEMMA4=1] [TAG=...] [NAME=VALUE...]   the GPU image (needs a Docker engine)
 #   make image-smoke [GEMMA4=1]        offline smoke build of the same Dockerfile, checked inside
 #   make inspect IMAGE=...             an image's provenance labels
 #   make push REGISTRY=... [GEMMA4=1]  push the image's tags
@@ -22,6 +22,11 @@ VENV    := out/venv
 PY      := $(VENV)/bin/python
 TOOL    := $(PY) -m patchstack
 SELECT  := $(if $(filter 1,$(GEMMA4)),--gemma4,)
+# The Dockerfile's build arguments a user may set, as NAME=VALUE on make's command line or in the
+# environment (`make help` lists them with their defaults); the tool checks and records them.
+IMAGE_SETTINGS := $(filter-out BASE_IMAGE OFFLINE GEMMA4 ALLOW_SKIP,$(shell sed -n 's/^ARG \([A-Za-z0-9_]*\).*/\1/p' docker/Dockerfile | sort -u))
+BUILD_ARGS := $(foreach v,$(IMAGE_SETTINGS),$(if $($(v)),--build-arg '$(v)=$($(v))'))
+BASE    := $(if $(BASE_IMAGE),--base-image '$(BASE_IMAGE)')
 ifeq ($(filter 0 1,$(GEMMA4)),)
 $(error GEMMA4 must be 0 or 1, not '$(GEMMA4)': GEMMA4=1 adds the Gemma4 patch groups)
 endif
@@ -31,6 +36,9 @@ endif
 # The targets and what they do: the comment block at the top of this file.
 help:
 	@sed -n 's/^#   /  /p' $(firstword $(MAKEFILE_LIST))
+	@echo "Image settings (make image NAME=VALUE ...; defaults from docker/Dockerfile):"
+	@sed -n 's/^ARG \([A-Za-z0-9_]*\)=\{0,1\}\(.*\)/  \1=\2/p' docker/Dockerfile \
+	  | grep -v -E '^  (OFFLINE|GEMMA4|ALLOW_SKIP)=' | sort -u -t= -k1,1
 
 venv: $(VENV)/.installed
 
@@ -55,10 +63,10 @@ rebase: venv
 	$(TOOL) rebase $(UPSTREAM) $(if $(TO),--to $(TO)) $(if $(filter 1,$(CONTINUE)),--continue) $(ARGS)
 
 image: venv
-	$(TOOL) image $(SELECT) $(if $(TAG),--tag $(TAG)) $(ARGS)
+	$(TOOL) image $(SELECT) $(if $(TAG),--tag $(TAG)) $(BASE) $(BUILD_ARGS) $(ARGS)
 
 image-smoke: venv
-	$(TOOL) image-smoke $(SELECT) $(ARGS)
+	$(TOOL) image-smoke $(SELECT) $(BUILD_ARGS) $(ARGS)
 
 inspect: venv
 	$(TOOL) inspect $(IMAGE)

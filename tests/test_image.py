@@ -208,3 +208,19 @@ def test_an_incomplete_plan_says_so_in_tag_and_labels(world, monkeypatch):
     assert not complete.missing and "incomplete" not in complete.tag
     assert complete.labels[f"{image.NS}.complete"] == "1"
     image.require_complete(manifest.load(), complete)  # nothing to refuse
+
+
+def test_settings_reach_the_build_arguments_and_labels_and_wrong_ones_are_refused(world):
+    _stack(world)
+    m = manifest.load()
+    plan = image.make_plan(m, gemma4=True, commit="x",
+                           settings={"TILELANG_VERSION": "0.1.9", "GEMMA4_PACKAGES": "a==1 b==2"})
+    assert plan.build_args["TILELANG_VERSION"] == "0.1.9" and plan.build_args["GEMMA4_PACKAGES"] == "a==1 b==2"
+    assert plan.labels[f"{image.NS}.build-arg.TILELANG_VERSION"] == "0.1.9"
+    assert "build arguments set: GEMMA4_PACKAGES=a==1 b==2, TILELANG_VERSION=0.1.9" in image.describe(plan)
+    with pytest.raises(StackError, match="no build argument 'NOPE'") as e:
+        image.make_plan(m, gemma4=True, commit="x", settings={"NOPE": "1"})
+    assert "TILELANG_VERSION" in e.value.hint
+    with pytest.raises(StackError, match="GEMMA4 is set by the tool"):
+        image.make_plan(m, gemma4=True, commit="x", settings={"GEMMA4": "1"})
+    assert "BASE_IMAGE" not in image.user_args(world.root) and "SGLANG_ROUTER_SHA256" in image.user_args(world.root)

@@ -41,3 +41,26 @@ def test_help_lists_every_target():
     listed = {ln.split()[1] for ln in res.stdout.splitlines() if ln.startswith("  make ")}
     phony = (REPO / "Makefile").read_text().split(".PHONY:", 1)[1].splitlines()[0].split()
     assert set(phony) - {"venv"} <= listed, set(phony) - listed
+
+
+def test_image_settings_reach_the_tool():
+    res = _make("image", "GEMMA4=1", "BASE_IMAGE=my/base:1", "TILELANG_VERSION=0.1.9",
+                "GEMMA4_PACKAGES=a==1 b==2", "SGLANG_ROUTER_SHA256=ab12")
+    assert res.returncode == 0, res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if "patchstack image" in ln)
+    for part in ("--gemma4", "--base-image 'my/base:1'", "--build-arg 'TILELANG_VERSION=0.1.9'",
+                 "--build-arg 'GEMMA4_PACKAGES=a==1 b==2'", "--build-arg 'SGLANG_ROUTER_SHA256=ab12'"):
+        assert part in line, (part, line)
+
+
+def test_help_lists_the_image_settings_with_their_defaults():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-C", str(REPO), "--no-print-directory", "help"], capture_output=True,
+                         text=True).stdout
+    import re
+
+    defaults = dict(re.findall(r"^ARG (\w+)=(.*)$", (REPO / "docker" / "Dockerfile").read_text(), re.M))
+    for name in ("TILELANG_VERSION", "BASE_IMAGE", "TE_VERSION"):
+        assert f"  {name}={defaults[name]}" in out
+    assert "  GEMMA4=" not in out and "  OFFLINE=" not in out

@@ -21,6 +21,31 @@ def _groups(m: manifest_mod.Manifest, args) -> list[str]:
     return m.select_groups(frozenset(extra))
 
 
+def _settings(args) -> dict[str, str]:
+    out = {}
+    for item in args.build_arg or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise StackError(f"--build-arg {item!r}: expected NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def _add_build_args(p: argparse.ArgumentParser) -> None:
+    from . import image
+
+    try:
+        known = image.user_args(manifest_mod.find_root())
+        listing = "\n".join(f"  {k:<24} default {v or '(empty)'}" for k, v in known.items())
+    except Exception:  # noqa: BLE001 - help must print even outside a checkout
+        listing = "  (docker/Dockerfile not found)"
+    p.add_argument("--build-arg", action="append", metavar="NAME=VALUE",
+                   help="a value for one of the Dockerfile's build arguments (repeatable; make passes "
+                        "NAME=VALUE given on its command line or in the environment)")
+    p.epilog = "build arguments a user may set (docker/Dockerfile):\n" + listing
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
 def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gemma4", action="store_true", help="add the gemma4 group of every series (GEMMA4=1)")
     p.add_argument("--group", action="append", metavar="NAME", help="add an optional group (repeatable)")
@@ -165,7 +190,7 @@ def cmd_image(m, args) -> int:
     from . import image
 
     plan = image.make_plan(m, gemma4=args.gemma4, base_image=args.base_image, user_tag=args.tag,
-                           offline=args.offline, groups=_groups(m, args))
+                           offline=args.offline, groups=_groups(m, args), settings=_settings(args))
     print(image.describe(plan))
     if args.plan:
         print(json.dumps({"tag": plan.tag, "build_args": plan.build_args, "labels": plan.labels}, indent=2))
@@ -182,10 +207,12 @@ def cmd_image_smoke(m, args) -> int:
     # Decided before the Debian base is made (minutes): the same plan, the base named later.
     image.require_complete(m, image.make_plan(m, gemma4=args.gemma4, smoke=True, base_image="-",
                                               offline=args.offline, groups=_groups(m, args),
-                                              allow_incomplete=args.allow_incomplete))
+                                              allow_incomplete=args.allow_incomplete,
+                                              settings=_settings(args)))
     base = image.smoke_base(m)
     plan = image.make_plan(m, gemma4=args.gemma4, smoke=True, base_image=base, offline=args.offline,
-                           groups=_groups(m, args), allow_incomplete=args.allow_incomplete)
+                           groups=_groups(m, args), allow_incomplete=args.allow_incomplete,
+                           settings=_settings(args))
     print(image.describe(plan))
     ctx = image.prepare_context(m, plan, m.root / "out" / "image" / "smoke-context", offline=args.offline)
     image.build(plan, ctx, network="none")
@@ -282,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", help="an extra tag (NAME:TAG, or TAG for this image's repository)")
     p.add_argument("--base-image", help="override the Dockerfile's BASE_IMAGE")
     p.add_argument("--plan", action="store_true", help="print the plan (tag, arguments, labels) and stop")
+    _add_build_args(p)
     p.set_defaults(func=cmd_image)
 
     p = sub.add_parser("image-smoke", help="offline smoke build on a Debian stand-in base, then checks inside")
@@ -289,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build even where sources are unreachable: what is left out is named, and the "
                         "tag and labels say 'incomplete' (CI without GitHub uses this)")
     _add_selection(p)
+    _add_build_args(p)
     p.set_defaults(func=cmd_image_smoke)
 
     p = sub.add_parser("inspect", help="print an image's provenance labels")

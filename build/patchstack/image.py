@@ -80,12 +80,15 @@ def repo_commit(root: Path) -> str:
 
 def make_plan(manifest: Manifest, *, gemma4: bool, smoke: bool = False, base_image: str | None = None,
               user_tag: str | None = None, offline: bool = False, commit: str | None = None,
-              groups: list[str] | None = None, allow_incomplete: bool = False) -> Plan:
+              groups: list[str] | None = None, allow_incomplete: bool = False,
+              settings: dict[str, str] | None = None) -> Plan:
     """The build plan; `groups` (default: base, plus gemma4 with `gemma4`) as the CLI selects them.
 
     An image that would lack a tree or a selected patch is refused (`require_complete`) unless
     `allow_incomplete`, which the smoke build and the tests use: its tag and labels then say
-    `incomplete`."""
+    `incomplete`. `settings`: values for the Dockerfile's ARGs a user may set (`user_args`),
+    checked here."""
+    settings = checked_settings(manifest.root, settings or {})
     groups = groups or manifest.select_groups(frozenset({"gemma4"}) if gemma4 else frozenset())
     gemma4 = gemma4 or "gemma4" in groups
     reader = check.PatchSource(manifest, offline)
@@ -125,9 +128,45 @@ def make_plan(manifest: Manifest, *, gemma4: bool, smoke: bool = False, base_ima
         "OFFLINE": "1" if smoke else "0",
         "GEMMA4": "1" if gemma4 else "0",
         "ALLOW_SKIP": "1" if trees[PATCHED_IN_BUILD].left_out else "0",
+        **settings,
     }
     plan.labels = labels(plan)
+    for name, value in sorted(settings.items()):
+        plan.labels[f"{NS}.build-arg.{name}"] = value
     return plan
+
+
+# Set by the tool from the plan, never by hand: BASE_IMAGE through --base-image (BASE_IMAGE=),
+# the rest follow from GEMMA4, the smoke build and the series.
+TOOL_ARGS = ("BASE_IMAGE", "OFFLINE", "GEMMA4", "ALLOW_SKIP")
+
+
+def dockerfile_args(root: Path) -> dict[str, str]:
+    """Every ARG of docker/Dockerfile with its default (the first one given), in file order."""
+    out: dict[str, str] = {}
+    for line in (root / "docker" / "Dockerfile").read_text().splitlines():
+        m = re.match(r"^ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$", line.strip())
+        if m and m.group(1) not in out:
+            out[m.group(1)] = (m.group(2) or "").strip()
+    return out
+
+
+def user_args(root: Path) -> dict[str, str]:
+    """The Dockerfile ARGs a user may set (NAME=VALUE to make, --build-arg to the tool)."""
+    return {k: v for k, v in dockerfile_args(root).items() if k not in TOOL_ARGS}
+
+
+def checked_settings(root: Path, settings: dict[str, str]) -> dict[str, str]:
+    known = user_args(root)
+    for name in settings:
+        if name in TOOL_ARGS:
+            how = "--base-image (make image BASE_IMAGE=...)" if name == "BASE_IMAGE" else \
+                "GEMMA4=0|1 and the series" if name in ("GEMMA4", "ALLOW_SKIP") else "the smoke build"
+            raise StackError(f"build argument {name} is set by the tool, not by hand", hint=f"use {how}")
+        if name not in known:
+            raise StackError(f"docker/Dockerfile has no build argument {name!r}",
+                             hint="the ones a user may set: " + ", ".join(known))
+    return dict(settings)
 
 
 def default_base_image(root: Path) -> str:
@@ -204,6 +243,9 @@ def require_complete(manifest: Manifest, plan: Plan) -> None:
 
 def describe(plan: Plan) -> str:
     lines = [f"image {plan.tag} (base {plan.base_image}, groups {', '.join(plan.groups)})"]
+    set_here = {k: v for k, v in plan.build_args.items() if k not in TOOL_ARGS}
+    if set_here:
+        lines.append("  build arguments set: " + ", ".join(f"{k}={v}" for k, v in sorted(set_here.items())))
     for tp in plan.trees.values():
         what = ", ".join(n for _, n, _ in tp.entries) or "no patches"
         state = "LEFT OUT" if not tp.included else "patched" if tp.entries else "as pinned"
