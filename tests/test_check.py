@@ -168,6 +168,45 @@ def test_unreachable_source_is_skipped_and_said_strict_fails(world, monkeypatch)
     assert code == 3
 
 
+def test_without_the_source_patches_that_only_create_files_are_still_checked(world, monkeypatch):
+    mg = world.upstream("megatron", {"a.py": FILE})
+    new = mg.diff({"pkg/new.py": numbered(6, "new")})
+    world.add_patch("megatron", "0001-new.patch", new)
+    world.add_patch("megatron", "0002-more.patch", mg.diff({"pkg/other.py": "x\n"}))
+    world.add_patch("megatron", "0003-edit.patch", mg.diff({"a.py": _edit(FILE, "line 3\n", "x\n")}))
+    monkeypatch.setenv("UPSTREAM_MEGATRON_GIT", str(world.tmp / "no-such-mirror"))
+    code, out, _ = tool("check", "megatron")
+    assert code == 0, out
+    assert "fits      [base] 0001-new.patch" in out and "fits      [base] 0002-more.patch" in out
+    assert "creates files only: checked without the source" in out
+    assert "SKIPPED   [base] 0003-edit.patch" in out and "needs the upstream's own a.py" in out
+
+    # A broken file-creating patch is caught without the source, not skipped.
+    broken = new.replace("+new 4\n", "")  # the hunk now says one line more than it has
+    world.add_patch("megatron", "0001-new.patch", broken)
+    world.series["megatron"]["base"].pop()  # add_patch listed it again
+    world.write()
+    code, out, _ = tool("check", "megatron")
+    assert code == 1, out
+    assert "FAILS     [base] 0001-new.patch" in out
+
+
+def test_a_mirror_without_the_pinned_commit_is_said_and_the_entries_are_still_listed(world, monkeypatch):
+    mg = world.upstream("megatron", {"a.py": FILE})
+    world.add_patch("megatron", "0001-new.patch", mg.diff({"pkg/new.py": "x\n"}))
+    other = world.tmp / "other-mirror"
+    other.mkdir()
+    run_git(other, "init", "-q")
+    (other / "f").write_text("unrelated\n")
+    run_git(other, "add", "-A")
+    run_git(other, "commit", "-qm", "unrelated")
+    monkeypatch.setenv("UPSTREAM_MEGATRON_GIT", str(other))
+    code, out, _ = tool("check", "megatron")
+    assert "(no entries in the selected groups)" not in out
+    assert "[base] 0001-new.patch" in out
+    assert mg.pin[:12] in out
+
+
 def test_unknown_upstream_is_an_error_listing_the_known_ones(world):
     world.upstream("megatron", {"a.py": FILE})
     code, _, err = tool("check", "megatorn")

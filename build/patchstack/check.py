@@ -92,13 +92,12 @@ def check_series(manifest: Manifest, upstream: str, groups: list[str], *, tree: 
     if tree is None:
         try:
             src = sources.source(up, offline=offline)
-        except SourceUnavailable as e:
-            rep.status, rep.reason, rep.hint = SKIPPED, e.message, e.hint or ""
-            rep.entries = [EntryReport(e_.group, e_.name, e_.is_external, SKIPPED, "source unavailable")
-                           for e_ in entries]
-            return rep
-        except StackError as e:
-            rep.status, rep.reason, rep.hint = engine.FAILS, e.message, e.hint or ""
+        except StackError as e:  # unreachable, or reachable without the pinned commit
+            rep.status, rep.reason, rep.hint = (SKIPPED if isinstance(e, SourceUnavailable) else engine.FAILS,
+                                                e.message, e.hint or "")
+            rep.entries = _check_without_source(entries, patches)
+            if rep.status == SKIPPED and any(x.status == engine.FAILS for x in rep.entries):
+                rep.status = engine.FAILS
             return rep
         tree, rep.source = src.tree, src.origin
     else:
@@ -144,6 +143,52 @@ def check_series(manifest: Manifest, upstream: str, groups: list[str], *, tree: 
     if rep.status == engine.FITS:
         rep.changes = state.changes
     return rep
+
+
+class _NoSource(Tree):
+    label = "(no source)"
+
+    def read(self, path: str) -> bytes | None:
+        return None
+
+    def mode(self, path: str) -> str | None:
+        return None
+
+
+def _check_without_source(entries, patches: PatchSource) -> list[EntryReport]:
+    """What can be checked with the upstream's source out of reach: every patch is read (external
+    ones verified by sha256, where their tree is reachable) and parsed, and a patch that only
+    creates files is applied in full, on top of the files earlier such patches created. A patch
+    that changes an upstream file is skipped, saying so."""
+    out, state, blocked = [], Overlay(_NoSource()), False
+    for ent in entries:
+        er = EntryReport(ent.group, ent.name, ent.is_external, SKIPPED)
+        out.append(er)
+        try:
+            data = patches.read(ent)
+            er.sha256 = hashlib.sha256(data).hexdigest()
+            patch = diff.parse(ent.name, data)
+        except SourceUnavailable as e:
+            er.reason = f"patch unreadable: {e.message}"
+            blocked = True
+            continue
+        except StackError as e:
+            er.status, er.reason = engine.FAILS, str(e)
+            continue
+        er.files, er.hunks = len(patch.files), patch.hunk_count
+        changes = [fp.path for fp in patch.files if not fp.is_new]
+        if changes or blocked:
+            er.reason = (f"parsed ({er.files} files, {er.hunks} hunks); needs the upstream's own "
+                         f"{changes[0]}" + (f" and {len(changes) - 1} more files" if len(changes) > 1 else "")
+                         if changes else "parsed; an entry before it could not be read")
+            blocked = blocked or bool(changes)
+            continue
+        res = engine.apply_patch(patch, state)
+        er.result, er.status = res, res.status
+        er.reason = "creates files only: checked without the source"
+        if res.status == engine.FITS:
+            state.update(res.changes)
+    return out
 
 
 def exit_code(reports: list[SeriesReport], *, expect: str = engine.FITS, strict: bool = False) -> int:
@@ -200,7 +245,7 @@ def format_human(reports: list[SeriesReport], *, expect: str = engine.FITS) -> s
             lines.append(f"  {mark.get(r.status, r.status)}: {r.reason}")
             if r.hint:
                 lines.append(f"  what to do: {r.hint}")
-        if not r.entries:
+        if not r.entries and r.status != engine.FAILS:
             lines.append("  (no entries in the selected groups)")
         for e in r.entries:
             label = mark.get(e.status, e.status)
@@ -213,7 +258,7 @@ def format_human(reports: list[SeriesReport], *, expect: str = engine.FITS) -> s
             if e.offsets:
                 detail += f", {e.offsets} at an offset"
             lines.append(f"  {label:<9} {what}" + (f": {detail}" if detail else ""))
-            if e.reason and e.status != engine.FITS and e.reason != "source unavailable":
+            if e.reason and (e.status != engine.FITS or e.reason.startswith("creates files only")):
                 lines.append(f"            {e.reason}")
             if e.result and e.status in (engine.FAILS, UNDECIDED):
                 lines += format_failures(e.result)
