@@ -13,6 +13,7 @@
 #   make inspect IMAGE=...             an image's provenance labels
 #   make push REGISTRY=... [GEMMA4=1]  push the image's tags
 #   make clean                         remove out/ and the tool's egg-info
+#   make distclean                     also the source cache and the smoke images and bases
 #
 # Sources come from UPSTREAM_<NAME>_GIT (a local mirror) or the URLs in patches/pins.toml.
 
@@ -31,7 +32,7 @@ ifeq ($(filter 0 1,$(GEMMA4)),)
 $(error GEMMA4 must be 0 or 1, not '$(GEMMA4)': GEMMA4=1 adds the Gemma4 patch groups)
 endif
 
-.PHONY: help venv sources check lint test clean workspace export rebase image image-smoke inspect push
+.PHONY: help venv sources check lint test clean distclean workspace export rebase image image-smoke inspect push
 
 # The targets and what they do: the comment block at the top of this file.
 help:
@@ -43,8 +44,9 @@ help:
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@echo "make: installing the tool and the test packages into $(VENV) (about 5.5 GB the first time; pip shows its progress)"
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --progress-bar on -e '.[test]'
 	touch $@
 
 sources: venv
@@ -85,3 +87,15 @@ test: venv
 
 clean:
 	rm -rf out build/*.egg-info
+
+# Also what this project keeps outside the clone: its source cache (as the tool finds it) and the
+# smoke images and Debian bases it built, by their names; nothing else.
+CACHE := $(or $(PATCHSTACK_CACHE),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)/gemma4-stack)
+distclean: clean
+	@# only the folders the tool makes there, so that a cache variable pointing elsewhere loses nothing else
+	rm -rf $(foreach d,git locks rootfs sdist,'$(CACHE)/$(d)')
+	-rmdir '$(CACHE)' 2>/dev/null
+	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
+	  imgs=$$(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^gemma4-stack-smoke(-base)?:' || true); \
+	  if [ -n "$$imgs" ]; then echo "docker rmi $$imgs"; docker rmi $$imgs; fi; \
+	else echo "no Docker engine answers: smoke images, if any, are left"; fi

@@ -65,8 +65,12 @@ def test_binary_patches_are_refused_by_name(tmp_path):
     (b"--- a/x\n+++ b/x\n@@ -1,2 +1,2 @@\n a\n?b\n", "does not fit hunk"),
     (b"--- x\n+++ x\n@@ -1 +1 @@\n-a\n+b\n", "has no a/ or b/ prefix"),
     (b"--- a/x\n+++ b/x\n@@ -1,1 +1,1 @\n-a\n+b\n", "malformed hunk header"),
+    (b"--- a/x\n+++ b/x\n@@ -1,1 +1,1 @@\n-a\n+b\nzzz\xff\n", "unexpected line 'zzz\\xff' between files"),
 ])
 def test_malformed_patches_name_the_line(text, message):
     with pytest.raises(StackError) as e:
         diff.parse("bad.patch", text)
     assert message in str(e.value) and "bad.patch" in str(e.value)
+    import re
+
+    assert not re.search(r"(line|read|header) b['\"]", str(e.value))  # the line as text, not bytes

@@ -224,3 +224,15 @@ def test_settings_reach_the_build_arguments_and_labels_and_wrong_ones_are_refuse
     with pytest.raises(StackError, match="GEMMA4 is set by the tool"):
         image.make_plan(m, gemma4=True, commit="x", settings={"GEMMA4": "1"})
     assert "BASE_IMAGE" not in image.user_args(world.root) and "SGLANG_ROUTER_SHA256" in image.user_args(world.root)
+
+
+def test_a_long_step_reports_progress_while_it_runs():
+    """debootstrap (minutes) used to run silently: the runner prints the elapsed time and the
+    command's latest line at intervals, and returns its exit code and last lines."""
+    said: list[str] = []
+    code, tail = image.run_with_heartbeat(
+        ["sh", "-c", "echo first; sleep 0.5; echo second; sleep 0.5; echo last; exit 3"], "step", said.append,
+        every=0.2)
+    assert code == 3 and tail.splitlines()[-1] == "last"
+    assert len(said) >= 3 and all(line.startswith("  step: ") and " s; " in line for line in said)
+    assert any("first" in line or "second" in line for line in said)

@@ -64,3 +64,31 @@ def test_help_lists_the_image_settings_with_their_defaults():
     for name in ("TILELANG_VERSION", "BASE_IMAGE", "TE_VERSION"):
         assert f"  {name}={defaults[name]}" in out
     assert "  GEMMA4=" not in out and "  OFFLINE=" not in out
+
+
+def test_distclean_removes_only_what_the_project_made(tmp_path):
+    """Run for real on a scratch copy of the Makefile: the cache's own folders go, a stranger's
+    file beside them stays, and nothing outside the given cache is named."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    work = tmp_path / "clone"
+    (work / "docker").mkdir(parents=True)
+    shutil.copyfile(REPO / "Makefile", work / "Makefile")
+    shutil.copyfile(REPO / "docker" / "Dockerfile", work / "docker" / "Dockerfile")
+    (work / "out").mkdir()
+    cache = tmp_path / "cache"
+    for d in ("git", "locks", "rootfs", "sdist"):
+        (cache / d).mkdir(parents=True)
+    (cache / "not-ours.txt").write_text("keep me")
+    # a PATH without docker: the test must not remove anybody's images
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("rm", "rmdir", "sed", "sort", "grep"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "PATCHSTACK_CACHE": str(cache)}
+    res = subprocess.run([shutil.which("make"), "-C", str(work), "distclean"], capture_output=True, text=True,
+                         env=env)
+    assert res.returncode == 0, res.stderr
+    assert not (work / "out").exists()
+    assert sorted(p.name for p in cache.iterdir()) == ["not-ours.txt"]
+    assert "no Docker engine answers: smoke images, if any, are left" in res.stdout

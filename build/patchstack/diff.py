@@ -149,6 +149,11 @@ class _Reader:
         return f"{self.name}:{self.i + offset}"
 
 
+def _show(line: bytes) -> str:
+    """A patch line for a message: as text in quotes, undecodable bytes escaped (never b'...')."""
+    return "'" + line.rstrip().decode("utf-8", "backslashreplace") + "'"
+
+
 def parse(name: str, data: bytes) -> Patch:
     """Parse a patch file. Malformed input raises StackError naming the patch and the line."""
     r = _Reader(name, data)
@@ -170,11 +175,11 @@ def parse(name: str, data: bytes) -> Patch:
                 break
         elif line[:1] in (b" ", b"+", b"-") and files and files[-1].hunks:
             h = files[-1].hunks[-1]
-            raise StackError(f"{r.where(1)}: line {line.rstrip()!r} comes after hunk {h.header} of {files[-1].path}, "
+            raise StackError(f"{r.where(1)}: line {_show(line)} comes after hunk {h.header} of {files[-1].path}, "
                              "whose line counts say it has ended",
                              hint="the hunk's counts were edited or the patch is damaged: regenerate it")
         else:
-            raise StackError(f"{r.where(1)}: unexpected line {line.rstrip()!r} between files of the patch")
+            raise StackError(f"{r.where(1)}: unexpected line {_show(line)} between files of the patch")
     if not files:
         raise StackError(f"{name}: no file changes found", hint="is this a unified diff made with git diff?")
     return Patch(name, b"".join(header).decode("utf-8", "replace"), files)
@@ -185,7 +190,7 @@ def _parse_git_file(r: _Reader) -> FilePatch:
     first = r.next().rstrip(b"\r\n")
     m = re.match(rb"^diff --git (\"(?:[^\"\\]|\\.)*\"|\S+) (\"(?:[^\"\\]|\\.)*\"|\S+)$", first)
     if not m:
-        raise StackError(f"{r.name}:{start}: cannot read {first!r}")
+        raise StackError(f"{r.name}:{start}: cannot read {_show(first)}")
     fp = FilePatch(
         old_path=_strip_prefix(_unquote(m.group(1)), f"{r.name}:{start}"),
         new_path=_strip_prefix(_unquote(m.group(2)), f"{r.name}:{start}"),
@@ -230,7 +235,7 @@ def _parse_git_file(r: _Reader) -> FilePatch:
         elif text == b"" or text.startswith(b"-- "):
             break
         else:
-            raise StackError(f"{where}: unexpected line {text!r} in the header of {fp.path}")
+            raise StackError(f"{where}: unexpected line {_show(text)} in the header of {fp.path}")
     _parse_hunks(r, fp)
     return fp
 
@@ -249,7 +254,7 @@ def _parse_hunks(r: _Reader, fp: FilePatch) -> None:
         at = r.i + 1
         m = _HUNK.match(r.next())
         if not m:
-            raise StackError(f"{r.name}:{at}: malformed hunk header {line.rstrip()!r}")
+            raise StackError(f"{r.name}:{at}: malformed hunk header {_show(line)}")
         o_start, o_cnt, n_start, n_cnt = (
             int(m.group(1)),
             int(m.group(2) if m.group(2) is not None else 1),
@@ -282,7 +287,7 @@ def _parse_hunks(r: _Reader, fp: FilePatch) -> None:
                 continue
             else:
                 raise StackError(
-                    f"{r.name}:{r.i + 1}: line {line.rstrip()!r} does not fit hunk {h.header} of {fp.path} "
+                    f"{r.name}:{r.i + 1}: line {_show(line)} does not fit hunk {h.header} of {fp.path} "
                     f"({old_left} old and {new_left} new lines still expected)",
                     hint="the hunk's line counts do not match its body; regenerate the patch",
                 )

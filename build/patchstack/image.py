@@ -440,6 +440,33 @@ def push(tags: list[str], registry: str, out=print) -> None:
 # ------------------------------------------------------------------ the offline smoke build
 
 
+def run_with_heartbeat(cmd: list[str], label: str, out=print, every: float = 10.0) -> tuple[int, str]:
+    """Run a long command with its output captured, printing every `every` seconds how long it has
+    run and its latest line; returns its exit code and its last lines (for an error message)."""
+    import threading
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
+    lines: list[str] = []
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            del lines[:-40]
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    t0 = time.monotonic()
+    while True:
+        try:
+            proc.wait(timeout=every)
+            break
+        except subprocess.TimeoutExpired:
+            out(f"  {label}: {time.monotonic() - t0:.0f} s; {lines[-1] if lines else 'no output yet'}")
+    reader.join(timeout=5)
+    return proc.returncode, "\n".join(lines[-15:])
+
+
 def debian_mirror() -> str:
     """The Debian mirror apt already uses here (DEBIAN_MIRROR overrides)."""
     if os.environ.get("DEBIAN_MIRROR"):
@@ -479,10 +506,10 @@ def smoke_base(manifest: Manifest, out=print) -> str:
         mirror = debian_mirror()
         out(f"debootstrap {SMOKE_SUITE} ({SMOKE_PACKAGES}) from {mirror} ...")
         t = time.monotonic()
-        p = subprocess.run(["debootstrap", "--variant=minbase", f"--include={SMOKE_PACKAGES}", SMOKE_SUITE,
-                            str(rootfs_cache), mirror], capture_output=True, text=True)
-        if p.returncode != 0:
-            raise StackError(f"debootstrap failed: {p.stderr.strip()[-2000:] or p.stdout.strip()[-2000:]}",
+        code, tail = run_with_heartbeat(["debootstrap", "--variant=minbase", f"--include={SMOKE_PACKAGES}",
+                                         SMOKE_SUITE, str(rootfs_cache), mirror], "debootstrap", out)
+        if code != 0:
+            raise StackError(f"debootstrap failed: {tail}",
                              hint="apt-get install debootstrap; set DEBIAN_MIRROR to a reachable Debian mirror")
         (rootfs_cache / ".complete").write_text("ok\n")
         out(f"  done in {time.monotonic() - t:.0f} s")

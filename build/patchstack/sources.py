@@ -18,8 +18,10 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tarfile
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 import zipfile
@@ -87,6 +89,17 @@ def _has_commit(repo: Path, commit: str) -> bool:
 
 
 def _fetch_pin(repo: Path, url: str, commit: str, name: str, via: str) -> None:
+    # A fetch can take minutes: say what is fetched and, after it, how long it took (stderr, so
+    # that reports on stdout stay as they are).
+    print(f"{name}: fetching {commit[:12]} from {url} ...", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    try:
+        _fetch_pin_quietly(repo, url, commit, name, via)
+    finally:
+        print(f"{name}: fetch ended after {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+def _fetch_pin_quietly(repo: Path, url: str, commit: str, name: str, via: str) -> None:
     p = git("fetch", "-q", "--no-tags", "--depth", "1", url, commit, git_dir=repo, check=False, env=FETCH_TIMEOUT_ENV)
     if p.returncode != 0 or not _has_commit(repo, commit):
         first_err = p.stderr.decode("utf-8", "replace").strip().splitlines()
