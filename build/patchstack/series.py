@@ -61,7 +61,7 @@ def parse(upstream: str, path: Path, known_groups: list[str]) -> Series:
     except FileNotFoundError:
         raise StackError(
             f"{path}: the series file for {upstream} is missing",
-            hint="each upstream needs patches/<upstream>/<version>/series (see the README)",
+            hint="each upstream needs patches/<upstream>/<version>/series (see docs/tool.md)",
         ) from None
     entries: list[Entry] = []
     group: str | None = None

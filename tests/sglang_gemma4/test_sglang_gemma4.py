@@ -10,7 +10,7 @@ within 1e-5 of transformers' largest logit.
 The vocabulary is 192 here, not g4util's 160: SGLang's fused soft-cap kernel treats the
 logits as contiguous, and with a vocabulary that is not a multiple of 64 (the padded LM
 head) they are a strided view, so it caps the wrong elements. Gemma4's 262 144 is a
-multiple of 64; the issue is SGLang's, not the model's (see the README).
+multiple of 64; the issue is SGLang's, not the model's (the README's "Not yet done").
 """
 
 from __future__ import annotations
