@@ -99,7 +99,9 @@ def test_context_holds_patched_trees_at_their_pins(world, tmp_path):
     sgl, mg = _stack(world)
     m = manifest.load()
     plan = image.make_plan(m, gemma4=True, commit="x")
-    ctx = image.prepare_context(m, plan, tmp_path / "ctx")
+    said: list[str] = []
+    ctx = image.prepare_context(m, plan, tmp_path / "ctx", out=said.append)
+    assert any(line.startswith("context: megatron: ready in") for line in said), said  # progress, as it goes
     tree = ctx / "trees" / "megatron"
     assert run_git(tree, "rev-parse", "HEAD").strip() == mg.pin
     assert "three\n" in (tree / "core.py").read_text()

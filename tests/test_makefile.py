@@ -76,6 +76,7 @@ def test_distclean_removes_only_what_the_project_made(tmp_path):
     shutil.copyfile(REPO / "Makefile", work / "Makefile")
     shutil.copyfile(REPO / "docker" / "Dockerfile", work / "docker" / "Dockerfile")
     (work / "out").mkdir()
+    (work / "build" / "gemma4_stack_patchstack.egg-info").mkdir(parents=True)
     cache = tmp_path / "cache"
     for d in ("git", "locks", "rootfs", "sdist"):
         (cache / d).mkdir(parents=True)
@@ -89,6 +90,6 @@ def test_distclean_removes_only_what_the_project_made(tmp_path):
     res = subprocess.run([shutil.which("make"), "-C", str(work), "distclean"], capture_output=True, text=True,
                          env=env)
     assert res.returncode == 0, res.stderr
-    assert not (work / "out").exists()
+    assert not (work / "out").exists() and not list((work / "build").glob("*.egg-info"))
     assert sorted(p.name for p in cache.iterdir()) == ["not-ours.txt"]
     assert "no Docker engine answers: smoke images, if any, are left" in res.stdout

@@ -259,8 +259,10 @@ def describe(plan: Plan) -> str:
 # ------------------------------------------------------------------ build context
 
 
-def prepare_context(manifest: Manifest, plan: Plan, dest: Path, *, offline: bool = False) -> Path:
-    """Lay out the build context: Dockerfile, the tool and series, the patched Megatron and slime."""
+def prepare_context(manifest: Manifest, plan: Plan, dest: Path, *, offline: bool = False, out=print) -> Path:
+    """Lay out the build context: Dockerfile, the tool and series, the patched Megatron and slime.
+    Says what it prepares, and how long each tree took, as it goes."""
+    out(f"context: {dest}")
     if dest.exists():
         shutil.rmtree(dest)
     (dest / "trees").mkdir(parents=True)
@@ -279,8 +281,11 @@ def prepare_context(manifest: Manifest, plan: Plan, dest: Path, *, offline: bool
             tree.mkdir()
             (tree / "LEFT-OUT").write_text(f"{name} was left out of this image: {tp.reason}\n")
             continue
+        t0 = time.monotonic()
+        out(f"context: {name}: its tree at {tp.commit[:12]} with {len(tp.entries)} patches ...")
         src = sources.git_source(manifest.upstream(name), offline=offline)
         shutil.copytree(_prepared_tree(manifest, plan, name, src, offline), tree, symlinks=True)
+        out(f"context: {name}: ready in {time.monotonic() - t0:.1f} s")
         if name == "slime":
             req = src.tree.read("requirements.txt") or req
     (dest / "slime-requirements.txt").write_bytes(req)
