@@ -123,3 +123,14 @@ def test_real_sglang_sdist_matches_the_pinned_commit():
     assert src.commit == up.sdist.commit
     assert src.tree.read("python/sglang/srt/configs/model_config.py") is not None
     assert len(src.tree.paths()) == 1951  # the files of the archive (FACTS.md)
+
+
+def test_a_long_fetch_says_it_is_still_running(capsys):
+    import time
+
+    from patchstack import sources
+
+    with sources.heartbeat("x: still fetching", every=0.1):
+        time.sleep(0.35)
+    beats = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("x: still fetching (")]
+    assert len(beats) >= 2

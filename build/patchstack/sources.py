@@ -94,9 +94,31 @@ def _fetch_pin(repo: Path, url: str, commit: str, name: str, via: str) -> None:
     print(f"{name}: fetching {commit[:12]} from {url} ...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     try:
-        _fetch_pin_quietly(repo, url, commit, name, via)
+        with heartbeat(f"{name}: still fetching"):
+            _fetch_pin_quietly(repo, url, commit, name, via)
     finally:
         print(f"{name}: fetch ended after {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def heartbeat(label: str, every: float = 15.0):
+    """While the block runs, say every `every` seconds that it still does, and for how long (stderr)."""
+    import threading
+
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            print(f"{label} ({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _fetch_pin_quietly(repo: Path, url: str, commit: str, name: str, via: str) -> None:
