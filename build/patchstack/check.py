@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from . import diff, engine, series, sources
 from .errors import SourceUnavailable, StackError
 from .manifest import Manifest
-from .trees import Overlay, Tree
+from .trees import EmptyTree, Overlay, Tree
 
 # Entry statuses beyond the engine's fits / applied / fails:
 SKIPPED = "skipped"  # a source it needs is unreachable: not checked
@@ -107,18 +107,10 @@ def check_series(manifest: Manifest, upstream: str, groups: list[str], *, tree: 
     for ent in entries:
         er = EntryReport(ent.group, ent.name, ent.is_external, engine.FITS)
         rep.entries.append(er)
-        try:
-            data = patches.read(ent)
-            er.sha256 = hashlib.sha256(data).hexdigest()
-            patch = diff.parse(ent.name, data)
-        except SourceUnavailable as e:
-            er.status, er.reason = SKIPPED, e.message
-            skipped_before = True
+        patch = _read_and_parse(ent, patches, er)
+        if patch is None:
+            skipped_before = skipped_before or er.status == SKIPPED
             continue
-        except StackError as e:
-            er.status, er.reason = engine.FAILS, str(e)
-            continue
-        er.files, er.hunks = len(patch.files), patch.hunk_count
         res = engine.apply_patch(patch, state, applied_first=expect == engine.APPLIED)
         er.result, er.status = res, res.status
         er.offsets = sum(h.status == engine.OFFSET for f in res.files for h in f.hunks)
@@ -145,14 +137,21 @@ def check_series(manifest: Manifest, upstream: str, groups: list[str], *, tree: 
     return rep
 
 
-class _NoSource(Tree):
-    label = "(no source)"
-
-    def read(self, path: str) -> bytes | None:
+def _read_and_parse(ent, patches: PatchSource, er: EntryReport):
+    """The entry's patch, parsed, with its sha256, files and hunks noted; None (the report says
+    why: SKIPPED for an unreadable external patch, FAILS for a broken one) where it cannot be had."""
+    try:
+        data = patches.read(ent)
+        er.sha256 = hashlib.sha256(data).hexdigest()
+        patch = diff.parse(ent.name, data)
+    except SourceUnavailable as e:
+        er.status, er.reason = SKIPPED, e.message
         return None
-
-    def mode(self, path: str) -> str | None:
+    except StackError as e:
+        er.status, er.reason = engine.FAILS, str(e)
         return None
+    er.files, er.hunks = len(patch.files), patch.hunk_count
+    return patch
 
 
 def _check_without_source(entries, patches: PatchSource) -> list[EntryReport]:
@@ -160,22 +159,15 @@ def _check_without_source(entries, patches: PatchSource) -> list[EntryReport]:
     ones verified by sha256, where their tree is reachable) and parsed, and a patch that only
     creates files is applied in full, on top of the files earlier such patches created. A patch
     that changes an upstream file is skipped, saying so."""
-    out, state, blocked = [], Overlay(_NoSource()), False
+    out, state, blocked = [], Overlay(EmptyTree()), False
     for ent in entries:
         er = EntryReport(ent.group, ent.name, ent.is_external, SKIPPED)
         out.append(er)
-        try:
-            data = patches.read(ent)
-            er.sha256 = hashlib.sha256(data).hexdigest()
-            patch = diff.parse(ent.name, data)
-        except SourceUnavailable as e:
-            er.reason = f"patch unreadable: {e.message}"
-            blocked = True
+        patch = _read_and_parse(ent, patches, er)
+        if patch is None:
+            if er.status == SKIPPED:
+                er.reason, blocked = f"patch unreadable: {er.reason}", True
             continue
-        except StackError as e:
-            er.status, er.reason = engine.FAILS, str(e)
-            continue
-        er.files, er.hunks = len(patch.files), patch.hunk_count
         changes = [fp.path for fp in patch.files if not fp.is_new]
         if changes or blocked:
             er.reason = (f"parsed ({er.files} files, {er.hunks} hunks); needs the upstream's own "

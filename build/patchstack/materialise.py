@@ -17,17 +17,7 @@ from .apply import write_changes
 from .check import PatchSource
 from .errors import SourceUnavailable, StackError
 from .manifest import Manifest
-from .trees import Overlay, Tree
-
-
-class _Empty(Tree):
-    label = "(no source)"
-
-    def read(self, path: str) -> bytes | None:
-        return None
-
-    def mode(self, path: str) -> str | None:
-        return None
+from .trees import EmptyTree, Overlay, Tree
 
 
 @dataclass
@@ -46,14 +36,14 @@ def materialise(manifest: Manifest, upstream: str, groups: list[str], dest: Path
         base: Tree = src.tree
         out.source = src.origin
     except SourceUnavailable as e:
-        base = _Empty()
+        base = EmptyTree()
         out.source = f"none ({e.message}): only files that the patches create"
     state = Overlay(base)
     reader = PatchSource(manifest, offline)
     missing: set[str] = set()
     for entry in series.load(manifest, upstream).selected(groups):
         patch = diff.parse(entry.name, reader.read(entry))
-        if isinstance(base, _Empty):
+        if isinstance(base, EmptyTree):
             # Without the source, keep the files this patch creates (or that earlier ones did).
             patch = diff.Patch(patch.name, patch.header, [
                 fp for fp in patch.files if fp.is_new or state.read(fp.old_path or "") is not None])

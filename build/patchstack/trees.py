@@ -127,6 +127,18 @@ class DirTree(Tree):
             return None
 
 
+class EmptyTree(Tree):
+    """No files at all: the base for what patches create where the upstream cannot be read."""
+
+    label = "(no source)"
+
+    def read(self, path: str) -> bytes | None:
+        return None
+
+    def mode(self, path: str) -> str | None:
+        return None
+
+
 class Overlay(Tree):
     """A tree plus pending changes: what the series has done so far, without touching the base."""
 

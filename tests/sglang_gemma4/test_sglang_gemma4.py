@@ -208,7 +208,6 @@ def test_experts_use_tanh_gelu():
     SGLang's native MoE paths (the CPU runner and the torch-native one, which maps "gelu" to
     erf): tanh GELU, as Gemma4 defines it."""
     from sglang.srt.layers.moe.fused_moe_native import fused_moe_forward_native
-    from sglang.srt.layers.moe.token_dispatcher import StandardDispatchOutput
 
     hf, model = pair("moe")
     layer, ref_layer = model.model.layers[0], hf.model.layers[0]
@@ -219,8 +218,6 @@ def test_experts_use_tanh_gelu():
         topk = layer.topk(x, layer.router.logits(x))
         assert torch.equal(topk.topk_ids.long(), ids)
         got = layer.experts(x, topk)
-        fields = StandardDispatchOutput.__dataclass_fields__ if hasattr(
-            StandardDispatchOutput, "__dataclass_fields__") else None
         out = fused_moe_forward_native(layer.experts, _dispatch(x, topk))
     assert rel(got, want) < TOL
     assert rel(out.hidden_states, want) < TOL
