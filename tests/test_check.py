@@ -202,6 +202,7 @@ def test_a_mirror_without_the_pinned_commit_is_said_and_the_entries_are_still_li
     run_git(other, "commit", "-qm", "unrelated")
     monkeypatch.setenv("UPSTREAM_MEGATRON_GIT", str(other))
     code, out, _ = tool("check", "megatron")
+    assert code == 1, out  # a wrong mirror is an error, not a skip
     assert "(no entries in the selected groups)" not in out
     assert "[base] 0001-new.patch" in out
     assert mg.pin[:12] in out

@@ -194,8 +194,8 @@ def exit_code(reports: list[SeriesReport], *, expect: str = engine.FITS, strict:
                 skipped = True
             elif e.status != expect:
                 bad = True
-        if r.status in (engine.FAILS, "mixed") and not r.entries:
-            bad = True
+        if r.status in (engine.FAILS, "mixed") and (not r.entries or not r.source):
+            bad = True  # the series itself failed (e.g. a mirror without the pinned commit)
     if bad:
         return 1
     return 3 if (skipped and strict) else 0

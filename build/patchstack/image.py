@@ -412,10 +412,11 @@ def build(plan: Plan, context: Path, *, network: str = "host", nocache: bool = F
 
 def inspect_labels(image: str) -> dict[str, str]:
     """The labels of an image this stack built; an error for a missing image or a foreign one."""
+    c = client()  # says so if the Docker SDK or the engine is missing
     import docker
 
     try:
-        labels = client().images.get(image).labels or {}
+        labels = c.images.get(image).labels or {}
     except docker.errors.ImageNotFound:
         raise StackError(f"no image {image!r} in this Docker engine",
                          hint="`docker images` lists them; `make image` builds one") from None
