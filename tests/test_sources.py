@@ -130,7 +130,7 @@ def test_a_long_fetch_says_it_is_still_running(capsys):
 
     from patchstack import sources
 
-    with sources.heartbeat("x: still fetching", every=0.1):
+    with sources.heartbeat(lambda t: f"x: still fetching ({t:.0f} s)", every=0.1):
         time.sleep(0.35)
     beats = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("x: still fetching (")]
     assert len(beats) >= 2

@@ -462,13 +462,9 @@ def run_with_heartbeat(cmd: list[str], label: str, out=print, every: float = 10.
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    t0 = time.monotonic()
-    while True:
-        try:
-            proc.wait(timeout=every)
-            break
-        except subprocess.TimeoutExpired:
-            out(f"  {label}: {time.monotonic() - t0:.0f} s; {lines[-1] if lines else 'no output yet'}")
+    with sources.heartbeat(lambda t: f"  {label}: {t:.0f} s; {lines[-1] if lines else 'no output yet'}",
+                           every, out):
+        proc.wait()
     reader.join(timeout=5)
     return proc.returncode, "\n".join(lines[-15:])
 

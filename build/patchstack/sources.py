@@ -94,23 +94,25 @@ def _fetch_pin(repo: Path, url: str, commit: str, name: str, via: str) -> None:
     print(f"{name}: fetching {commit[:12]} from {url} ...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     try:
-        with heartbeat(f"{name}: still fetching"):
+        with heartbeat(lambda t: f"{name}: still fetching ({t:.0f} s)"):
             _fetch_pin_quietly(repo, url, commit, name, via)
     finally:
         print(f"{name}: fetch ended after {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
-def heartbeat(label: str, every: float = 15.0):
-    """While the block runs, say every `every` seconds that it still does, and for how long (stderr)."""
+def heartbeat(say, every: float = 15.0, out=None):
+    """While the block runs, every `every` seconds print `say(seconds so far)` (to `out`, else
+    stderr): a long step tells that it still runs."""
     import threading
 
     stop = threading.Event()
     t0 = time.monotonic()
+    out = out or (lambda line: print(line, file=sys.stderr, flush=True))
 
     def beat() -> None:
         while not stop.wait(every):
-            print(f"{label} ({time.monotonic() - t0:.0f} s)", file=sys.stderr, flush=True)
+            out(say(time.monotonic() - t0))
 
     thread = threading.Thread(target=beat, daemon=True)
     thread.start()
