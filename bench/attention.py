@@ -190,7 +190,7 @@ def model_tokens_per_s(S, iters):
         packed.cu_seqlens_q = packed.cu_seqlens_q.cuda()
         packed.cu_seqlens_kv = packed.cu_seqlens_kv.cuda()
 
-        def fn():
+        def fn(model=model):
             logits = model(input_ids=ids, position_ids=None, attention_mask=None, packed_seq_params=packed)
             logits.square().mean().backward()
         try:
@@ -198,7 +198,7 @@ def model_tokens_per_s(S, iters):
             out[impl] = dict(tokens_per_s=S / sec, peak_gib=torch.cuda.max_memory_allocated() / 2**30)
         except torch.OutOfMemoryError:
             out[impl] = dict(error="out of memory")
-        del model
+        model = fn = None
     return out
 
 

@@ -15,7 +15,6 @@ Exit status 1 when a difference exceeds its bound (printed).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import traceback
