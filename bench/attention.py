@@ -282,6 +282,9 @@ def main():
         with open(args.json, "a") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
+    ours_failed = [f"{r['layer']} S={r['S']}: {r['error']}" for r in rows if r.get("impl") == "ours" and "error" in r]
+    if ours_failed:  # a baseline may fail (it is reported in its cell); ours may not
+        sys.exit("our kernels failed: " + "; ".join(ours_failed))
 
 
 if __name__ == "__main__":
