@@ -13,16 +13,26 @@ upstream's new version of it. Each hunk gets one outcome, tried in this order:
 - conflict:   none of the above; the new file gets diff3-style conflict markers at that place.
 
 A place found by matching lines must be the only one, or be where the old-to-new alignment of the
-whole file puts the hunk: a context that matches in two places is a conflict, never a guess.
+whole file puts the hunk: a context that matches in two places is a conflict, never a guess. A fuzzy
+or merged place must also rest on a meaningful line: one that is not blank, not only brackets and
+punctuation, and not common in the file. A merge is refused where upstream deleted or changed a
+context line that binds a name the patch's added lines use (an import, a def, an assignment), and
+where upstream added, at the same place, assignments to the names the hunk assigns.
+
+What is placed is then verified file by file (verify.py, called by the rebase): a hunk that breaks
+its file becomes a conflict there.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
+import functools
 import re
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .diff import Hunk
@@ -39,6 +49,59 @@ class Placement:
     end: int
     lines: list[bytes]  # what goes there
     reason: str = ""
+    rule: str = ""  # which rule placed it (each has a test built like it)
+
+
+@dataclass
+class FileContext:
+    """What the placing rules need to know about the whole file, beyond one hunk."""
+
+    uses: set[bytes] = field(default_factory=set)  # words of every line the file's hunks add
+    bound: dict[int, set[bytes]] = field(default_factory=dict)  # old line index -> names it binds
+    counts: Counter = field(default_factory=Counter)  # stripped line -> occurrences in the new file
+    still_bound: set[bytes] = field(default_factory=set)  # names some line of the new file binds
+
+    @classmethod
+    def build(cls, added: list[bytes], old: list[bytes], new: list[bytes]) -> "FileContext":
+        return cls(set(_WORDS.findall(b"".join(added))), bindings(old), Counter(x.strip() for x in new),
+                   set().union(*bindings(new).values()))
+
+    def meaningful(self, line: bytes) -> bool:
+        s = line.strip()
+        return bool(re.search(rb"[A-Za-z0-9_]{2}", s)) and len(s) >= 4 and self.counts.get(s, 0) <= 3
+
+
+_WORDS = re.compile(rb"[A-Za-z_][A-Za-z0-9_]*")
+_ASSIGNED = re.compile(rb"^\s*([A-Za-z_][\w.]*)\s*(?::[^=]*)?=(?!=)")
+
+
+def bindings(lines: list[bytes]) -> dict[int, set[bytes]]:
+    """The names each line binds (0-based line -> names): imports (per imported name, also in a
+    parenthesised list), def and class, assignments to plain names. Empty for a file that is not
+    Python."""
+    try:
+        tree = ast.parse(b"".join(lines))
+    except (SyntaxError, ValueError, RecursionError):
+        return {}
+    out: dict[int, set[bytes]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            for a in node.names:
+                name = a.asname or a.name.split(".")[0]
+                out.setdefault(getattr(a, "lineno", node.lineno) - 1, set()).add(name.encode())
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.setdefault(node.lineno - 1, set()).add(node.name.encode())
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    out.setdefault(t.lineno - 1, set()).add(t.id.encode())
+    return out
+
+
+def assigned(lines: list[bytes]) -> set[bytes]:
+    """Names and dotted names the lines assign to (`self.x = ...`, `x: int = ...`)."""
+    return {m.group(1) for x in lines if (m := _ASSIGNED.match(x))}
 
 
 def align(old: list[bytes], new: list[bytes]) -> list[int | None]:
@@ -126,8 +189,10 @@ def _mapped_start(m: list[int | None], p: int, n: int) -> int | None:
     return None
 
 
-def place(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p: int) -> Placement:
+def place(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p: int,
+          ctx: FileContext | None = None) -> Placement:
     """Outcome for hunk `h`, which fits `old` at line index `p`, against `new` (alignment `m`)."""
+    ctx = ctx or FileContext.build(h.after, old, new)
     before, after = h.before, h.after
     n = len(before)
     expected = _mapped_start(m, p, n)
@@ -136,16 +201,17 @@ def place(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p: i
 
     at, why = _pick(_occurrences(new, before, start_only=start_only, end_only=end_only), expected, before)
     if at is not None:
-        return Placement(CLEAN if at == p else OFFSET, at, at + n, after)
+        return Placement(CLEAN if at == p else OFFSET, at, at + n, after, rule="exact" if at == p else "offset")
     ambiguous = why
 
     changes = any(k != " " for k, _ in h.lines)
     if changes and after:
         done, _ = _pick(_occurrences(new, after, start_only=start_only, end_only=end_only), expected, after)
         if done is not None:
-            return Placement(UPSTREAMED, done, done, [], "upstream already has the change")
+            return Placement(UPSTREAMED, done, done, [], "upstream already has the change", rule="new-side-present")
 
     lead, trail = h.leading, h.trailing
+    weak = ""
     for fuzz in range(1, MAX_FUZZ + 1):
         lo, hi = min(fuzz, lead), min(fuzz, trail)
         if lo == 0 and hi == 0:
@@ -153,18 +219,23 @@ def place(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p: i
         core_b, core_a = before[lo:n - hi], after[lo:len(after) - hi]
         if not core_b or all(not x.strip() for x in core_b):
             break
+        if not any(ctx.meaningful(x) for x in core_b):
+            weak = (f"with {lo + hi} context lines dropped, what is left to anchor it is only "
+                    "blank lines, brackets or lines common in the file")
+            break
         exp = expected + lo if expected is not None else None
         at, why2 = _pick(_occurrences(new, core_b), exp, core_b)
         if at is not None:
-            return Placement(FUZZY, at, at + len(core_b), core_a, f"{lo + hi} context lines differ")
+            return Placement(FUZZY, at, at + len(core_b), core_a, f"{lo + hi} context lines differ", rule="fuzzy")
         ambiguous = ambiguous or why2
         if lo == lead and hi == trail:
             break
 
-    merged = _merge3(h, old, new, m, p)
+    merged = _merge3(h, old, new, m, p, ctx)
     if isinstance(merged, Placement):
         return merged
-    reason = ambiguous or merged
+    reason = ambiguous or (merged if merged not in ("upstream changed every line around the hunk",) else "") \
+        or weak or merged
     return _conflict(h, new, m, p, reason)
 
 
@@ -202,7 +273,8 @@ def _blocks(h: Hunk, p: int) -> tuple[list[int], list[tuple[int, int, list[bytes
     return context, blocks
 
 
-def _merge3(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p: int) -> Placement | str:
+def _merge3(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p: int,
+            ctx: FileContext) -> Placement | str:
     """Merge with the old file as base, or say why not (a string).
 
     Each change of the hunk (a run of removed and added lines) is placed on its own:
@@ -228,9 +300,18 @@ def _merge3(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p:
     if not any(m[b] is not None for b in context if b < len(m)) and not any(
             m[b] is not None for b0, b1, _ in blocks for b in range(b0, b1)):
         return "upstream changed every line around the hunk"
+    for b in context:
+        if b < len(m) and m[b] is None:
+            lost = ctx.bound.get(b, set()) & ctx.uses - ctx.still_bound
+            if lost:
+                names = ", ".join(sorted(x.decode() for x in lost))
+                return (f"upstream deleted or changed the context line `{old[b].strip().decode(errors='replace')}`, "
+                        f"which binds {names}, used by the patch's added lines")
     removals: list[int] = []
     inserts: dict[int, list[bytes]] = {}
     notes: set[str] = set()
+    rules: set[str] = set()
+    done_diff: list[str] = []
     done = 0
     for b0, b1, added in blocks:
         js = [m[b] for b in range(b0, b1)]
@@ -240,6 +321,17 @@ def _merge3(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p:
                 done += 1
                 notes.add("upstream already made some of its changes")
                 continue
+            if all(j is None for j in js) and lo is not None and hi is not None and hi > lo + 1:
+                kind, lines = resolve_both_changed(old[b0:b1], added, new[lo + 1:hi])
+                if kind == "upstreamed-with-difference":
+                    done_diff.append(b"".join(new[lo + 1:hi]).strip().decode("utf-8", "replace"))
+                    continue
+                if kind:
+                    removals += range(lo + 1, hi)
+                    inserts.setdefault(hi, []).extend(lines)
+                    rules.add(kind)
+                    notes.add(f"upstream changed the same lines: {kind}")
+                    continue
             return "upstream changed a line that the hunk removes"
         if any(y != x + 1 for x, y in zip(js, js[1:])):  # type: ignore[operator]
             return "upstream added lines inside the block the hunk removes"
@@ -255,21 +347,36 @@ def _merge3(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p:
             elif _shared(theirs, added):
                 # Upstream added something like ours here: both would run. A person must choose.
                 return "upstream added lines like the hunk's at the same place"
+            elif both := assigned(theirs) & assigned(added):
+                return ("upstream added assignments to the same names at the same place ("
+                        + ", ".join(sorted(x.decode() for x in both)) + ")")
             else:
                 inserts.setdefault(aj, []).extend(added)
                 if theirs:
                     notes.add("upstream added lines at the same place; ours follow them")
-        elif aj is not None and solid([b1, b1 + 1]):
+        elif aj is not None and solid([b1, b1 + 1]) and any(ctx.meaningful(old[b]) for b in (b1, b1 + 1)
+                                                             if b < len(old)):
             inserts.setdefault(aj, []).extend(added)
             notes.add("upstream changed the lines before it; placed by the unchanged lines after")
-        elif bj is not None and solid([b1 - 2, b1 - 1]):
+        elif bj is not None and solid([b1 - 2, b1 - 1]) and any(ctx.meaningful(old[b]) for b in (b1 - 2, b1 - 1)
+                                                                 if b >= 0):
             inserts.setdefault(bj + 1, []).extend(added)
             notes.add("upstream changed the lines after it; placed by the unchanged lines before")
         else:
-            return "upstream changed the lines on both sides of where the hunk adds lines"
+            return ("upstream changed the lines on both sides of where the hunk adds lines (or the unchanged "
+                    "side is only blank lines or brackets)")
+    if done_diff:
+        if removals or inserts or done:
+            return ("upstream made part of this hunk's change with a difference, in its own way: the rest "
+                    "may no longer fit what upstream did")
+        return Placement(UPSTREAMED, 0, 0, [], "upstream made this change with one more argument: "
+                         + "; ".join(f"`{x[:120]}`" for x in done_diff), rule="upstreamed-with-difference")
+    if done and (removals or inserts):
+        return ("upstream already made part of this hunk's change, in its own way: the rest may no longer "
+                "fit what upstream did")
     if not removals and not inserts:
         if done:
-            return Placement(UPSTREAMED, 0, 0, [], "upstream already has every change of the hunk")
+            return Placement(UPSTREAMED, 0, 0, [], "upstream already has every change of the hunk", rule="merge3")
         return "the hunk changes nothing"
     start = min(removals + list(inserts))
     end = max([r + 1 for r in removals] + list(inserts))
@@ -280,7 +387,162 @@ def _merge3(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p:
         if j < end and j not in gone:
             lines.append(new[j])
     why = "; ".join(sorted(notes)) or "upstream changed lines around it; merged with the old file as base"
-    return Placement(MERGED, start, end, lines, why)
+    return Placement(MERGED, start, end, lines, why, rule="+".join(sorted(rules)) or "merge3")
+
+
+_TOKEN = re.compile(rb"[A-Za-z0-9_]+|\s+|[^A-Za-z0-9_\s]")
+
+
+def resolve_both_changed(base: list[bytes], ours: list[bytes], theirs: list[bytes]) -> tuple[str, list[bytes]]:
+    """Lines that the hunk and upstream both changed: resolve them when it is safe, else ("", []).
+
+    - import-union: all three are one `from M import ...` of the same module: upstream's statement,
+      with the names the hunk added (and without those it removed), in upstream's layout;
+    - upstreamed-with-difference: upstream's lines are the hunk's with one more argument;
+    - word-merge: the same number of lines on all sides, and on each line the two sides changed
+      different words (not touching); both changes are kept."""
+    union = _import_union(base, ours, theirs)
+    if union is not None:
+        return "import-union", union
+    if _one_more_argument(ours, theirs):
+        return "upstreamed-with-difference", []
+    if len(base) == len(ours) == len(theirs) and len(base) <= 3:
+        merged = [_merge_words(b, o, t) for b, o, t in zip(base, ours, theirs)]
+        if all(x is not None for x in merged):
+            return "word-merge", merged  # type: ignore[return-value]
+    return "", []
+
+
+def _merge_words(base: bytes, ours: bytes, theirs: bytes) -> bytes | None:
+    b, o, t = (_TOKEN.findall(x) for x in (base, ours, theirs))
+
+    def edits(other: list[bytes]) -> list[tuple[int, int, list[bytes]]]:
+        sm = difflib.SequenceMatcher(None, b, other, autojunk=False)
+        return [(i1, i2, other[j1:j2]) for tag, i1, i2, j1, j2 in sm.get_opcodes() if tag != "equal"]
+
+    eo, et = edits(o), edits(t)
+    if not eo or not et:
+        return None  # one side did not change this line: not a case for a word merge
+    for a1, a2, _ in eo:
+        for c1, c2, _ in et:
+            if a1 <= c2 and c1 <= a2:  # overlapping or touching: a person decides
+                return None
+    out = list(b)
+    for i1, i2, rep in sorted(eo + et, key=lambda e: e[0], reverse=True):
+        out[i1:i2] = rep
+    return b"".join(out)
+
+
+def _one_more_argument(ours: list[bytes], theirs: list[bytes]) -> bool:
+    """Upstream's lines are ours with exactly one more argument in a call (whitespace aside)."""
+    o = [x for x in _TOKEN.findall(b"".join(ours)) if x.strip()]
+    t = [x for x in _TOKEN.findall(b"".join(theirs)) if x.strip()]
+    if len(t) <= len(o):
+        return False
+    pre = 0
+    while pre < len(o) and o[pre] == t[pre]:
+        pre += 1
+    suf = 0
+    while suf < len(o) - pre and o[len(o) - 1 - suf] == t[len(t) - 1 - suf]:
+        suf += 1
+    if pre + suf != len(o):
+        return False
+    extra = t[pre:len(t) - suf]
+    if extra and extra[0] == b",":
+        arg = extra[1:]
+    elif extra and extra[-1] == b",":
+        arg = extra[:-1]
+    else:
+        return False
+    depth = 0
+    for tok in arg:  # one argument: brackets balanced, no top-level comma
+        depth += tok in (b"(", b"[", b"{")
+        depth -= tok in (b")", b"]", b"}")
+        if depth < 0 or (depth == 0 and tok == b","):
+            return False
+    return bool(arg) and depth == 0
+
+
+def _import_union(base: list[bytes], ours: list[bytes], theirs: list[bytes]) -> list[bytes] | None:
+    def parse(lines: list[bytes]):
+        text = b"".join(lines)
+        indent = re.match(rb"[ \t]*", text).group(0)  # type: ignore[union-attr]
+        try:
+            tree = ast.parse(b"\n".join(x[len(indent):] if x.startswith(indent) else x
+                                        for x in text.split(b"\n")))
+        except (SyntaxError, ValueError):
+            return None
+        if len(tree.body) != 1 or not isinstance(tree.body[0], ast.ImportFrom):
+            return None
+        node = tree.body[0]
+        names = [a.name + (f" as {a.asname}" if a.asname else "") for a in node.names]
+        return (node.level, node.module), names, indent
+
+    pb, po, pt = parse(base), parse(ours), parse(theirs)
+    if not (pb and po and pt) or not (pb[0] == po[0] == pt[0]) or "*" in po[1] + pt[1]:
+        return None
+    added = [n for n in po[1] if n not in pb[1]]
+    dropped = {n for n in pb[1] if n not in po[1]}
+    if not added and not dropped:
+        return None
+    names = [n for n in pt[1] if n not in dropped] + [n for n in added if n not in pt[1]]
+    indent = pt[2]
+    head = theirs[0].split(b"import", 1)[0] + b"import"
+    if len(theirs) == 1:
+        line = head + b" " + b", ".join(n.encode() for n in names) + b"\n"
+        if len(line) <= 89:
+            return [line]
+    inner = re.match(rb"[ \t]*", theirs[1]).group(0) if len(theirs) > 2 else indent + b"    "  # type: ignore[union-attr]
+    return [head + b" (\n"] + [inner + n.encode() + b",\n" for n in names] + [indent + b")\n"]
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(data: bytes) -> ast.Module | None:
+    try:
+        return ast.parse(data)
+    except (SyntaxError, ValueError, RecursionError):
+        return None
+
+
+WIDEN_MAX = 40  # lines a conflict region may grow by, to reach whole statements
+
+
+def statement_span(lines: list[bytes], start: int, end: int) -> tuple[int, int]:
+    """[start, end) grown to whole statements of one block, so that the region parses on its own
+    (after dedenting): the smallest run of sibling statements that covers it. Unchanged for a
+    file that does not parse, an empty region, or when it would grow by more than WIDEN_MAX."""
+    if end <= start:
+        return start, end
+    tree = _parsed(b"".join(lines))
+    if tree is None:
+        return start, end
+
+    def span(st) -> tuple[int, int]:
+        first = min([st.lineno] + [d.lineno for d in getattr(st, "decorator_list", [])])
+        return first - 1, st.end_lineno
+
+    def bodies(st):
+        for name in ("body", "orelse", "finalbody"):
+            b = getattr(st, name, None)
+            if isinstance(b, list) and b and isinstance(b[0], ast.stmt):
+                yield b
+        for extra in getattr(st, "handlers", []) + getattr(st, "cases", []):
+            yield extra.body
+
+    def widen(body) -> tuple[int, int]:
+        over = [st for st in body if span(st)[0] < end and start < span(st)[1]]
+        if not over:
+            return start, end
+        if len(over) == 1:
+            for child in bodies(over[0]):
+                if span(child[0])[0] <= start and end <= span(child[-1])[1]:
+                    return widen(child)
+        return min(start, span(over[0])[0]), max(end, span(over[-1])[1])
+
+    a, b = widen(tree.body)
+    if (b - a) - (end - start) > WIDEN_MAX:
+        return start, end
+    return a, b
 
 
 def _conflict(h: Hunk, new: list[bytes], m: list[int | None], p: int, reason: str) -> Placement:

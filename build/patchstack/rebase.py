@@ -20,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from . import diff, engine, merge, series, sources, workspace
+from . import diff, engine, merge, series, sources, verify, workspace
 from .apply import write_changes
 from .check import PatchSource
 from .errors import StackError
@@ -75,10 +75,16 @@ def renames(repo: Path, old: str, new: str) -> dict[str, str]:
 # ------------------------------------------------------------------ one patch
 
 
-def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str], labels: dict[str, str]
+def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str], labels: dict[str, str],
+                 upstreams: tuple[GitTree, GitTree] | None = None
                  ) -> tuple[list[dict], dict[str, tuple[str, bytes] | None], list[str]]:
     """Place every hunk of `patch`. Returns the report rows, the new contents (with conflict
-    markers where needed), and the files left with conflicts."""
+    markers where needed), and the files left with conflicts.
+
+    `upstreams`: the old and the new upstream trees, for the check that an attribute the placed
+    lines use still exists somewhere upstream; by default taken from `old` and `new_tree` where
+    they are (overlays of) git trees."""
+    checker = Checker(upstreams or _upstream_trees(old, new_tree), patch)
     rows: list[dict] = []
     changes: dict[str, tuple[str, bytes] | None] = {}
     conflicted: list[str] = []
@@ -121,16 +127,20 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
                 conflicted.append(rej)
             continue
 
-        old_lines = diff.split_lines(old.read(src_path) or b"")
+        old_text = old.read(src_path) or b""
+        old_lines = diff.split_lines(old_text)
         new_lines = diff.split_lines(new_text)
         m = merge.align(old_lines, new_lines)
+        ctx = merge.FileContext.build([t for h in fp.hunks for k, t in h.lines if k == "+"], old_lines, new_lines)
         placements = []
         # Where each hunk sits in the old file: the engine's own placement (the patch fits the old
         # side, checked above), taken back to the old file's line numbers.
-        fitted_hunks, _ = engine.apply_hunks(fp, b"".join(old_lines))
+        fitted_hunks, old_patched = engine.apply_hunks(fp, old_text)
         delta = 0
+        old_at: dict[int, int] = {}  # id(hunk) -> where it sits in the old file (0-based)
         for h, fh in zip(fp.hunks, fitted_hunks):
-            pl = merge.place(h, old_lines, new_lines, m, fh.at - 1 - delta)  # type: ignore[operator]
+            old_at[id(h)] = fh.at - 1 - delta  # type: ignore[operator]
+            pl = merge.place(h, old_lines, new_lines, m, old_at[id(h)], ctx)
             delta += len(h.after) - len(h.before)
             placements.append((h, pl))
         # Two hunks may not claim overlapping lines: the later one becomes a conflict.
@@ -140,6 +150,9 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
                 pl.status, pl.reason = merge.CONFLICT, "overlaps the place of an earlier hunk"
             if pl.status != merge.UPSTREAMED:
                 last_end = max(last_end, pl.end)
+        verified = "not Python: not verified"
+        if target.endswith(".py"):
+            verified = _verify_file(target, placements, new_lines, (old_patched, old_text, new_text), checker)
         out = list(new_lines)
         any_conflict = False
         for h, pl in sorted(placements, key=lambda x: (x[1].start, x[1].end), reverse=True):
@@ -147,13 +160,17 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
                 continue
             if pl.status == merge.CONFLICT:
                 any_conflict = True
-                out[pl.start:pl.end] = merge.markers(new_lines[pl.start:pl.end], h.before, h.after, **labels)
+                theirs, base, mine = _whole_statements(h, pl, placements, old_at, old_lines, new_lines)
+                out[pl.start:pl.end] = merge.markers(theirs, base, mine, **labels)
             else:
                 out[pl.start:pl.end] = pl.lines
         for h, pl in placements:
             row = {"file": target, "old_start": h.old_start, "status": pl.status, "at": pl.start + 1, **renamed_note}
             if pl.reason:
                 row["reason"] = pl.reason
+            if pl.rule and pl.status != merge.CONFLICT:
+                row["rule"] = pl.rule
+            row["verified"] = verified
             rows.append(row)
         body = b"".join(out)
         if fp.is_delete and not any_conflict:
@@ -165,6 +182,121 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
         if any_conflict:
             conflicted.append(dest or target)
     return rows, changes, conflicted
+
+
+def _whole_statements(h, pl, placements, old_at, old_lines, new_lines):
+    """A conflict's three sides grown to whole statements (so that each parses once dedented), where
+    that does not reach another hunk's lines. Moves pl.start/pl.end to the grown region."""
+    p = old_at[id(h)]
+    n = len(h.before)
+    a, b = merge.statement_span(old_lines, p, p + n)
+    s, e = merge.statement_span(new_lines, pl.start, pl.end) if pl.end > pl.start else (pl.start, pl.end)
+    for other, opl in placements:
+        if other is h:
+            continue
+        q = old_at[id(other)]
+        if q < b and a < q + len(other.before):
+            a, b = p, p + n
+        if opl.status != merge.UPSTREAMED and opl.start < e and s < max(opl.end, opl.start + 1):
+            s, e = pl.start, pl.end
+    pl.start, pl.end = s, e
+    return new_lines[s:e], old_lines[a:b], old_lines[a:p] + h.after + old_lines[p + n:b]
+
+
+# ------------------------------------------------------------------ verification
+
+
+def _upstream_trees(old, new) -> tuple[GitTree, GitTree] | None:
+    def git_of(t):
+        while isinstance(t, Overlay):
+            t = t.base
+        if isinstance(t, GitTree):
+            return t
+        if isinstance(t, DirTree) and (t.root / ".git").exists():
+            return GitTree(t.root / ".git", workspace.UPSTREAM_TAG)
+        return None
+
+    a, b = git_of(old), git_of(new)
+    return (a, b) if a is not None and b is not None else None
+
+
+class Checker:
+    """Which attribute names upstream's whole tree lost: named in the old upstream tree, in no file
+    of the new one, and defined by no line the series adds (`git grep` in both trees, memoised)."""
+
+    def __init__(self, upstreams: tuple[GitTree, GitTree] | None, patch: diff.Patch):
+        self.trees = upstreams
+        added = b"".join(t for fp in patch.files for h in fp.hunks for k, t in h.lines if k == "+")
+        self.defined_by_patch = {w.decode() for w in re.findall(rb"(?:def|class)\s+([A-Za-z_]\w*)", added)}
+        self.defined_by_patch |= {w.decode() for w in re.findall(rb"\.?([A-Za-z_]\w*)\s*(?::[^=\n]*)?=(?!=)", added)}
+        self.memo: dict[tuple[int, str], bool] = {}
+
+    def _present(self, which: int, words: set[str]) -> set[str]:
+        todo = sorted(w for w in words if (which, w) not in self.memo)
+        if todo:
+            t = self.trees[which]  # type: ignore[index]
+            args = ["grep", "-o", "-h", "-w", "-I"]
+            for w in todo:
+                args += ["-e", w]
+            found = set(git(*args, t.commit, "--", "*.py", git_dir=t.git_dir, check=False).stdout.decode().split())
+            for w in todo:
+                self.memo[(which, w)] = w in found
+        return {w for w in words if self.memo[(which, w)]}
+
+    def removed(self, words: set[str]) -> set[str]:
+        if self.trees is None:
+            return set()
+        words = words - self.defined_by_patch
+        return self._present(0, words) - self._present(1, words)
+
+
+def _verify_file(path: str, placements: list, new_lines: list[bytes], before: tuple[bytes, bytes, bytes],
+                 checker: Checker) -> str:
+    """Verify the Python file the placed hunks make (conflicts left as upstream has them); turn the
+    hunks that break it into conflicts, with the reason. `before`: the old patched file, the old
+    file, upstream's new file. Returns what the verification says.
+
+    A name that a hunk left in conflict binds on its patch side is excused: once a person resolves
+    that conflict, the name is back."""
+    note = ""
+    for _ in range(len(placements) + 1):
+        excused = verify.bound_words([t for h, pl in placements if pl.status == merge.CONFLICT for t in h.after])
+        out: list[bytes] = []
+        prov: list[int | None] = []  # for each output line, the placement that wrote it
+        spans: dict[int, tuple[int, int]] = {}
+        pos = 0
+        for i, (h, pl) in sorted(enumerate(placements), key=lambda x: (x[1][1].start, x[1][1].end)):
+            if pl.status in (merge.UPSTREAMED, merge.CONFLICT):
+                continue
+            out += new_lines[pos:pl.start]
+            prov += [None] * (pl.start - pos)
+            spans[i] = (len(out), len(out) + len(pl.lines))
+            out += pl.lines
+            prov += [i] * len(pl.lines)
+            pos = pl.end
+        out += new_lines[pos:]
+        prov += [None] * (len(new_lines) - pos)
+        if not spans:
+            return "nothing placed" + (f"; {note}" if note else "")
+        placed = {k + 1 for k, who in enumerate(prov) if who is not None}
+        found, note = verify.problems(b"".join(out), *before, removed_upstream=checker.removed, checked=placed,
+                                      excused=excused, name=path)
+        if not found:
+            return "compiles; no new undefined name or removed attribute" + (f" ({note})" if note else "")
+        blame: dict[int, list[str]] = {}
+        for pr in found:
+            k = pr.line - 1
+            who = prov[k] if 0 <= k < len(prov) else None
+            if who is None:  # an upstream line broke: the placed hunk nearest to it
+                who = min(spans, key=lambda i: min(abs(k - spans[i][0]), abs(k - (spans[i][1] - 1))))
+            text = out[k].strip().decode("utf-8", "replace") if 0 <= k < len(out) else ""
+            blame.setdefault(who, []).append(f"{pr.message}" + (f", at `{text[:80]}`" if text else ""))
+        for i, msgs in blame.items():
+            pl = placements[i][1]
+            was = pl.status
+            pl.status = merge.CONFLICT
+            pl.reason = f"placed as {was}, but then the file " + "; ".join(dict.fromkeys(msgs))
+    return "could not be verified"
 
 
 def _hunks_text(fp: diff.FilePatch) -> bytes:
@@ -242,12 +374,14 @@ def _run(manifest: Manifest, rd: Path, state: dict) -> dict:
     old = _old_overlay(state, state["next"])
     labels = {"new_label": f"upstream {state['to']}", "old_label": f"upstream {state['from']} (what the patch expects)"}
     entries = state["entries"]
+    upstreams = (GitTree(Path(state["git_dir"]), state["from_commit"]),
+                 GitTree(Path(state["new_git_dir"]), state["to_commit"]))
     while state["next"] < len(entries):
         i = state["next"]
         e = entries[i]
         patch = diff.parse(e["name"], e["text"].encode("utf-8", "surrogateescape"))
         rows, changes, conflicted = rebase_patch(patch, old, DirTree(tree), moved,
-                                                 {**labels, "patch_label": e["name"]})
+                                                 {**labels, "patch_label": e["name"]}, upstreams)
         state["report"].append({"name": e["name"], "group": e["group"], "external": e["external"], "hunks": rows})
         write_changes(tree, changes)
         res = engine.apply_patch(patch, old)

@@ -1,0 +1,224 @@
+"""Check that a Python file the rebase wrote still makes sense, and say which hunk broke it.
+
+A hunk placed by matching lines can land in code that no longer means what it meant. Three checks
+run on every changed Python file, each against what the file was before (the old patched file and
+upstream's new file), so that only what the rebase brought in counts:
+
+- it compiles (a repeated keyword argument is a compile error too);
+- no name is used that nothing defines (scopes as Python resolves them, by `symtable`), unless the
+  same name was already undefined in the old patched file or in upstream's new file;
+- no attribute is used that upstream took away: `obj.attr` where the old file used that very pair
+  (`self.topk_p`) and upstream's new file has no such pair any more, or where the attribute's name
+  occurs in the old upstream tree and nowhere in the new one (a method upstream removed or renamed).
+
+Every problem names its line; the caller maps lines to hunks. A file that cannot be read as
+Python (it does not compile before the rebase either) is not checked, and that is said.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import functools
+import re
+import symtable
+from dataclasses import dataclass, field
+
+_MODULE_NAMES = {"__name__", "__file__", "__doc__", "__spec__", "__loader__", "__package__", "__path__",
+                 "__builtins__", "__annotations__", "__dict__", "__class__", "__debug__", "__qualname__",
+                 "__module__"}
+_BUILTINS = set(dir(builtins)) | _MODULE_NAMES
+
+
+@dataclass
+class Problem:
+    line: int  # 1-based line of the checked text
+    message: str
+
+
+@dataclass
+class Facts:
+    """What a version of a file defines and uses, for comparisons."""
+
+    compiles: bool
+    error: Problem | None = None
+    undefined: dict[str, list[int]] = field(default_factory=dict)  # name -> lines where it is loaded
+    star_import: bool = False
+    pairs: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (name, attr) -> lines (any use)
+    stored_pairs: set[tuple[str, str]] = field(default_factory=set)
+    defined: set[str] = field(default_factory=set)  # every def/class name and assigned name, any scope
+    attrs: dict[str, list[int]] = field(default_factory=dict)  # attribute name -> lines where it is loaded
+    imported: set[str] = field(default_factory=set)  # names bound by import statements (modules and the like)
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "surrogateescape")
+
+
+@functools.lru_cache(maxsize=16)
+def facts(data: bytes, name: str = "<file>") -> Facts:
+    """(Memoised: the result is shared, do not change it.)"""
+    src = _text(data)
+    try:
+        code_tree = ast.parse(src, name)
+        compile(code_tree, name, "exec", dont_inherit=True)
+        table = symtable.symtable(src, name, "exec")
+    except SyntaxError as e:
+        return Facts(False, Problem(e.lineno or 1, f"does not compile: {e.msg}"))
+    except (ValueError, RecursionError) as e:
+        return Facts(False, Problem(1, f"cannot be read as Python: {e}"))
+    f = Facts(True)
+    f.undefined, f.star_import = _undefined(table, code_tree)
+    for node in ast.walk(code_tree):
+        if isinstance(node, ast.Attribute):
+            if isinstance(node.value, ast.Name):
+                key = (node.value.id, node.attr)
+                f.pairs.setdefault(key, []).append(node.lineno)
+                if isinstance(node.ctx, (ast.Store, ast.Del)):
+                    f.stored_pairs.add(key)
+            if isinstance(node.ctx, ast.Load):
+                f.attrs.setdefault(node.attr, []).append(node.lineno)
+            else:
+                f.defined.add(node.attr)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            f.defined.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            f.imported |= {a.asname or a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            f.defined.add(node.id)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            f.defined.add(node.target.id)
+    return f
+
+
+def _undefined(top: symtable.SymbolTable, tree: ast.AST) -> tuple[dict[str, list[int]], bool]:
+    """Names loaded somewhere that resolve to the module scope and are bound nowhere there."""
+    star = any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in ast.walk(tree))
+    module: set[str] = set()
+    for s in top.get_symbols():
+        if s.is_assigned() or s.is_imported() or s.is_namespace():
+            module.add(s.get_name())
+    missing: set[str] = set()
+
+    def visit(t: symtable.SymbolTable) -> None:
+        for s in t.get_symbols():
+            n = s.get_name()
+            if t.get_type() != "module" and s.is_declared_global() and s.is_assigned():
+                module.add(n)
+        for child in t.get_children():
+            visit(child)
+
+    def collect(t: symtable.SymbolTable) -> None:
+        for s in t.get_symbols():
+            if not s.is_referenced():
+                continue
+            n = s.get_name()
+            if t.get_type() == "module":
+                resolves_globally = not (s.is_assigned() or s.is_imported() or s.is_namespace())
+            else:
+                resolves_globally = s.is_global()
+            if resolves_globally and n not in module and n not in _BUILTINS:
+                missing.add(n)
+        for child in t.get_children():
+            collect(child)
+
+    visit(top)
+    collect(top)
+    lines: dict[str, list[int]] = {}
+    if missing:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in missing:
+                lines.setdefault(node.id, []).append(node.lineno)
+    return {n: lines.get(n, []) for n in missing}, star
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def problems(result: bytes, old_patched: bytes, old_upstream: bytes, new_upstream: bytes, *,
+             removed_upstream=None, checked: set[int] | None = None, excused: set[str] = frozenset(),
+             name: str = "<file>") -> tuple[list[Problem], str]:
+    """Problems of `result` that neither the old patched file nor upstream's new file had.
+
+    `old_upstream` (the old file before the patch) tells what upstream took away. `removed_upstream
+    (words)` says which attribute names upstream's whole tree lost (optional). `checked`: the lines
+    (1-based) the rebase placed; attribute checks look only at those. `excused`: names that hunks
+    left in conflict bring back once resolved. Returns the problems and a note on what could not be
+    checked."""
+    now = facts(result, name)
+    earlier = [facts(b, name) for b in (old_patched, new_upstream)]
+    if not all(e.compiles for e in earlier):
+        return [], "not checked: the old patched file or upstream's new one does not compile either"
+    if not now.compiles:
+        return [now.error], ""  # type: ignore[list-item]
+    old_up = facts(old_upstream, name)
+    out: list[Problem] = []
+    note = ""
+    if now.star_import or any(e.star_import for e in earlier):
+        note = "undefined names not checked: the file has a star import"
+    else:
+        for n, lines in sorted(now.undefined.items()):
+            if any(n in e.undefined for e in earlier) or n in excused:
+                continue
+            for ln in sorted(set(lines)) or [1]:
+                out.append(Problem(ln, f"uses the name `{n}`, which nothing in the file defines any more"))
+    new_up = earlier[-1]
+    modules = now.imported
+    in_placed = (lambda ln: True) if checked is None else (lambda ln: ln in checked)
+    for (obj, attr), lines in sorted(now.pairs.items()):
+        here = [ln for ln in lines if in_placed(ln)]
+        if not here or obj in modules or attr in excused or (obj, attr) in now.stored_pairs \
+                or attr in now.defined - new_up.defined:
+            continue
+        if old_up.compiles and (obj, attr) in old_up.pairs and (obj, attr) not in new_up.pairs \
+                and any(o == obj for o, _ in new_up.pairs) and _gone_from(attr, new_up):
+            moved_to = sorted(o for o, a in new_up.pairs if a == attr)
+            where = f" (it has {', '.join(f'{o}.{attr}' for o in moved_to)})" if moved_to else ""
+            for ln in here:
+                out.append(Problem(ln, f"uses `{obj}.{attr}`, which upstream's new file no longer has{where}"))
+    if removed_upstream is not None:
+        candidates = {a for a, lines in now.attrs.items() if any(in_placed(ln) for ln in lines)}
+        candidates -= now.defined - new_up.defined  # defined by the patch itself in this file
+        candidates -= excused
+        candidates = {a for a in candidates if a not in new_up.attrs and a not in new_up.defined}
+        for attr in sorted(removed_upstream(candidates) if candidates else ()):
+            for ln in sorted({ln for ln in now.attrs[attr] if in_placed(ln)}):
+                out.append(Problem(ln, f"uses `.{attr}`, which upstream's new version defines nowhere "
+                                       "(its old version did)"))
+    return out, note
+
+
+def _gone_from(attr: str, f: Facts) -> bool:
+    """The pair went away, not just moved within the file: self.x is not defined by a `def x`."""
+    return attr not in f.defined or any(a == attr for _, a in f.pairs)
+
+
+_IMPORT = re.compile(r"^\s*(?:from\s+\S+\s+)?import\s+(.*)$")
+_DEF = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)")
+_FOR = re.compile(r"^\s*(?:async\s+)?for\s+(.+?)\s+in\s")
+_AS = re.compile(r"\bas\s+([A-Za-z_]\w*)")
+_LHS = re.compile(r"^\s*([^=()#'\"]+?)\s*(?::[^=]*)?(?:[-+*/%&|^@]|//|>>|<<|\*\*)?=(?!=)")
+
+
+def bound_words(lines: list[bytes]) -> set[str]:
+    """Names that lines bind, read line by line (they need not parse as a whole): imports, def and
+    class, assignment targets (`a, *b = ...`, `self.x = ...` binds x), for and with/except targets,
+    and lone `name,` lines (members of a parenthesised import list)."""
+    out: set[str] = set()
+    for raw in lines:
+        line = _text(raw).rstrip("\n")
+        if m := _IMPORT.match(line):
+            for part in m.group(1).strip("()\\ ").split(","):
+                bits = part.split()
+                if bits:
+                    out.add(bits[-1] if len(bits) == 3 and bits[1] == "as" else bits[0].split(".")[0])
+        if m := _DEF.match(line):
+            out.add(m.group(1))
+        if m := _FOR.match(line):
+            out |= set(_WORD.findall(m.group(1)))
+        out |= set(_AS.findall(line))
+        if m := _LHS.match(line):
+            out |= {w.rsplit(".", 1)[-1] for w in re.findall(r"[A-Za-z_][\w.]*", m.group(1))}
+        if m := re.fullmatch(r"\s*([A-Za-z_]\w*)\s*,?\s*", line):
+            out.add(m.group(1))
+    return out

@@ -1,0 +1,199 @@
+"""The rules `rebase` places hunks by, one synthetic case each, built like the real hunks that an
+earlier version placed wrongly (issue: `make rebase` never writes wrong code silently).
+
+Each case: an old file, the patch written against it, upstream's new file; the hunk goes through
+rebase.rebase_patch as in a real rebase, and the test reads what it wrote."""
+
+from __future__ import annotations
+
+import ast
+import re
+import textwrap
+
+from conftest import file_patch
+
+from patchstack import diff, merge, rebase, verify
+from patchstack.trees import EmptyTree, Overlay
+
+LABELS = {"new_label": "upstream new", "old_label": "upstream old", "patch_label": "the patch"}
+
+
+def _tree(files: dict[str, str]) -> Overlay:
+    t = Overlay(EmptyTree())
+    t.update({p: ("100644", text.encode()) for p, text in files.items()})
+    return t
+
+
+def _rebase(tmp_path, path: str, old: str, patched: str, new: str, others: dict[str, str] | None = None):
+    """Rows and the written file for a one-file patch moved from `old` to `new`."""
+    patch = diff.parse("p.patch", file_patch(tmp_path, path, old, patched).encode())
+    rows, changes, conflicted = rebase.rebase_patch(patch, _tree({path: old, **(others or {})}),
+                                                    _tree({path: new, **(others or {})}), {}, LABELS)
+    return rows, changes[path][1].decode() if path in changes else new, conflicted
+
+
+def _sides(text: str) -> list[tuple[str, str, str]]:
+    """(upstream, base, patch) of every conflict region of a file."""
+    return re.findall(r"<<<<<<< [^\n]*\n(.*?)\|\|\|\|\|\|\| [^\n]*\n(.*?)=======\n(.*?)>>>>>>> [^\n]*\n", text, re.S)
+
+
+# ------------------------------------------------------------------ anchors
+
+
+def test_fuzzy_anchor_on_a_bracket_and_a_blank_line_is_refused():
+    # Like tokenizer_manager.py at old line 1510: with the context dropped, only `)` and a blank
+    # line were left to say where the added lines go.
+    old = ["def f():\n", "    record_first(\n", "        value,\n", "    )\n", "\n", "    finish_up()\n",
+           "    more_work()\n"]
+    patched = old[:4] + ["    record_second(value)\n"] + old[4:]
+    new = ["def f():\n", "    if other:\n", "        rewritten(\n", "            value,\n", "    )\n", "\n",
+           "    finish_differently()\n", "    more_changes()\n"]
+    h = diff.parse("p", file_patch_text("m.py", old, patched)).files[0].hunks[0]
+    no_alignment = [None] * len(old)  # upstream rewrote all of it: only matching lines could place the hunk
+    pl = merge.place(h, [x.encode() for x in old], [x.encode() for x in new], no_alignment, 0)
+    assert pl.status == merge.CONFLICT
+    assert "only blank lines, brackets" in pl.reason
+
+
+def test_fuzzy_anchor_on_a_meaningful_line_still_places():
+    old = ["def f():\n", "    record_first(\n", "        value,\n", "    )\n", "    finish_up()\n", "    more()\n",
+           "    end()\n"]
+    patched = old[:4] + ["    record_second(value)\n"] + old[4:]
+    new = ["def f():\n", "    record_first(\n", "        value,\n", "    )\n", "    finish_up()\n", "    other()\n",
+           "    end2()\n"]
+    h = diff.parse("p", file_patch_text("m.py", old, patched)).files[0].hunks[0]
+    pl = merge.place(h, [x.encode() for x in old], [x.encode() for x in new], [None] * len(old), 0)
+    assert pl.status == merge.FUZZY and b"    record_second(value)\n" in pl.lines
+
+
+def file_patch_text(path: str, old: list[str], patched: list[str]) -> bytes:
+    import difflib
+
+    body = "".join(difflib.unified_diff(old, patched, f"a/{path}", f"b/{path}"))
+    return f"diff --git a/{path} b/{path}\n{body}".encode()
+
+
+# ------------------------------------------------------------------ verification
+
+
+def test_a_lost_import_is_caught(tmp_path):
+    # Like disaggregation/prefill.py at old line 20: upstream deleted `import time`, the patch's
+    # added lines still call time.perf_counter().
+    old = "import os\nimport time\nimport json\nimport re\n\n\ndef work():\n    a = 1\n    b = 2\n    return json.dumps(a)\n"
+    patched = old.replace("import time\n", "import time\nimport sys\n").replace(
+        "    b = 2\n", "    b = 2\n    started = time.perf_counter()\n")
+    new = "import abc\nimport os\nimport json\nimport re\n\n\ndef work():\n    a = 1\n    b = 2\n    return json.dumps(a)\n"
+    rows, text, conflicted = _rebase(tmp_path, "m.py", old, patched, new)
+    user = [r for r in rows if r["old_start"] > 5][0]
+    assert user["status"] == "conflict" and "`time`" in user["reason"], rows
+    assert conflicted == ["m.py"]
+    assert "started = time.perf_counter()" not in text.split("<<<<<<<")[0]
+
+
+def test_a_repeated_keyword_argument_is_caught(tmp_path):
+    # Like deepseek_v2.py at old line 2735: upstream already passes the keyword the hunk adds.
+    old = "x = make(\n    alpha=1,\n    beta=2,\n)\nprint(x)\n"
+    patched = "x = make(\n    alpha=1,\n    beta=2,\n    gamma=3,\n)\nprint(x)\n"
+    new = "y = 0\nx = make_new(\n    gamma=3,\n    alpha=1,\n    beta=2,\n)\nprint(x, y)\n"
+    rows, text, _ = _rebase(tmp_path, "m.py", old, patched, new)
+    assert rows[0]["status"] == "conflict", rows
+    assert "keyword argument repeated" in rows[0]["reason"]
+    problems, _ = verify.problems(b"f(a=1, a=2)\n", b"f(a=1)\n", b"f(a=1)\n", b"f(a=1)\n")
+    assert problems and "keyword argument repeated" in problems[0].message
+
+
+def test_an_attribute_upstream_moved_is_caught(tmp_path):
+    # Like eagle_draft_cuda_graph_runner.py at old line 341: the buffers moved from self.x to buffers.x.
+    old = textwrap.dedent("""\
+        class Runner:
+            def __init__(self):
+                self.topk_p = make()
+                self.positions = make()
+
+            def replay(self, bs):
+                if bs:
+                    self.positions.zero_()
+
+                return bs
+        """)
+    patched = old.replace("            self.positions.zero_()\n\n",
+                          "            self.positions.zero_()\n            self.topk_p.zero_()\n")
+    new = textwrap.dedent("""\
+        class Runner:
+            def __init__(self):
+                self.buffers = Buffers(topk_p=make(), positions=make())
+
+            def replay(self, bs):
+                buffers = self.buffers
+                if bs:
+                    buffers.positions.zero_()
+
+                return bs
+        """)
+    rows, text, _ = _rebase(tmp_path, "m.py", old, patched, new, {"other.py": "def make():\n    pass\n"})
+    assert rows[0]["status"] == "conflict", rows
+    assert "self.topk_p" in rows[0]["reason"]
+
+
+def test_assignments_to_names_upstream_assigns_at_the_same_place_are_not_merged(tmp_path):
+    # Like deepseek_v2.py at old line 1154: upstream added `= None`, the patch `= False`.
+    old = "class A:\n    def __init__(self):\n        self.proj = make()\n\n        if self.use:\n            go()\n"
+    patched = old.replace("        self.proj = make()\n\n", "        self.proj = make()\n\n        self.skip = False\n")
+    new = old.replace("        self.proj = make()\n\n", "        self.proj = make()\n\n        self.skip = None\n")
+    rows, text, _ = _rebase(tmp_path, "m.py", old, patched, new)
+    assert rows[0]["status"] == "conflict" and "same names" in rows[0]["reason"], rows
+    assert text.count("self.skip = ") == 2  # only inside the markers: upstream's side and the patch's side
+
+
+# ------------------------------------------------------------------ resolving more
+
+
+def test_word_level_merge_keeps_both_changes_to_one_line(tmp_path):
+    head = "alpha = beta = gamma = 1\n\n\ndef compute(a, b):\n    return a\n\n\n"
+    old = head + "first = 1\ntotal = compute(alpha, beta)\nlast = 2\n"
+    patched = old.replace("compute(alpha, beta)", "compute(alpha, gamma)")
+    new = old.replace("total = compute", "total_sum = compute")
+    rows, text, conflicted = _rebase(tmp_path, "m.py", old, patched, new)
+    assert rows[0]["status"] == "merged" and rows[0]["rule"] == "word-merge", rows
+    assert "total_sum = compute(alpha, gamma)\n" in text and not conflicted
+
+
+def test_word_level_merge_refuses_the_same_word_changed_twice(tmp_path):
+    old = "a = b = c = 1\nfirst = 1\ntotal = max(a, b)\nlast = 2\n"
+    rows, text, _ = _rebase(tmp_path, "m.py", old, old.replace("max(a, b)", "max(a, c)"),
+                            old.replace("max(a, b)", "max(a, a)"))
+    assert rows[0]["status"] == "conflict"
+
+
+def test_union_of_an_import_list_both_sides_extended(tmp_path):
+    # Like disaggregation/mooncake/conn.py at old line 30.
+    old = "import os\nfrom pkg.mod import Alpha\nimport sys\n\nprint(os, sys, Alpha)\n"
+    patched = old.replace("import Alpha\n", "import Alpha, Beta\n")
+    new = old.replace("from pkg.mod import Alpha\n", "from pkg.mod import (\n    Alpha,\n    Gamma,\n)\n")
+    rows, text, conflicted = _rebase(tmp_path, "m.py", old, patched, new)
+    assert rows[0]["rule"] == "import-union" and not conflicted, rows
+    assert "from pkg.mod import (\n    Alpha,\n    Gamma,\n    Beta,\n)\n" in text
+    ast.parse(text)
+
+
+def test_a_change_upstream_made_with_one_more_argument_is_upstreamed(tmp_path):
+    old = "first = 1\nrun(alpha, beta)\nlast = 2\n"
+    rows, text, conflicted = _rebase(tmp_path, "m.py", old, old.replace("beta)", "beta, gamma)"),
+                                     old.replace("beta)", "beta, gamma, delta=4)"))
+    assert rows[0]["status"] == "upstreamed" and rows[0]["rule"] == "upstreamed-with-difference", rows
+    assert "delta=4" in rows[0]["reason"] and not conflicted
+
+
+def test_conflict_regions_are_whole_statements_that_parse_on_every_side(tmp_path):
+    # Cut in the middle of an expression, "take the patch's side" would not parse.
+    args = "".join(f"        value_{i},\n" for i in range(10))
+    old = f"def f(v):\n    pre = 0\n    out = combine(\n{args}    )\n    post = 1\n    more = 2\n    return out\n"
+    rows, text, conflicted = _rebase(tmp_path, "m.py", old, old.replace("value_5,", "value_5 * 2,"),
+                                     old.replace("value_5,", "value_5 + 1,"))
+    assert rows[0]["status"] == "conflict" and conflicted == ["m.py"]
+    (sides,) = _sides(text)
+    for side in sides:
+        ast.parse(textwrap.dedent(side))
+    assert "value_5 * 2" in sides[2] and "value_5 + 1" in sides[0] and "value_5,\n" in sides[1]
+    assert all(side.lstrip().startswith("out = combine(") for side in sides)
+    assert "return out" not in text.split(">>>>>>>")[0]  # no more than the statement
