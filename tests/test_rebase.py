@@ -183,6 +183,34 @@ def test_upstream_adding_lines_like_ours_at_the_same_place_is_a_conflict():
     old = numbered(10, "l").encode().splitlines(keepends=True)
     h = diff.parse("p", b"--- a/f\n+++ b/f\n@@ -4,6 +4,8 @@\n l 4\n l 5\n l 6\n"
                    b"+if fusion_enabled:\n+    x = fused(x)\n l 7\n l 8\n l 9\n").files[0].hunks[0]
-    new = old[:6] + [b"if fusion_enabled:\n", b"    x = fused(x, y)\n"] + old[6:]
+    new = old[:6] + [b"if fusion_enabled:\n", b"    x = fused_differently(x) * scale\n"] + old[6:]
     pl = merge.place(h, old, new, merge.align(old, new), 3)
     assert pl.status == merge.CONFLICT and "lines like the hunk's" in pl.reason
+    # The same with upstream's call taking one more argument: upstream made the change (with a difference).
+    new = old[:6] + [b"if fusion_enabled:\n", b"    x = fused(x, y)\n"] + old[6:]
+    pl = merge.place(h, old, new, merge.align(old, new), 3)
+    assert pl.status == merge.UPSTREAMED and pl.rule == "upstreamed-with-difference"
+
+
+def test_upstream_changing_the_lines_before_an_insertion_places_it_by_the_lines_after():
+    old = [b"def f(x):\n", b"    first_step(x)\n", b"    second_step(x)\n", b"    third_step(x)\n",
+           b"    fourth_step(x)\n", b"    return x\n"]
+    h = diff.parse("p", b"--- a/f\n+++ b/f\n@@ -2,4 +2,5 @@\n     first_step(x)\n     second_step(x)\n"
+                   b"+    inserted_step(x)\n     third_step(x)\n     fourth_step(x)\n").files[0].hunks[0]
+    new = [old[0], b"    first_step(x)\n", b"    second_step_renamed(x, y)\n"] + old[3:]
+    pl = merge.place(h, old, new, merge.align(old, new), 1)
+    assert pl.status == merge.MERGED and pl.rule == "merge3-anchor-after", pl
+    out = new[:pl.start] + pl.lines + new[pl.end:]
+    assert out == [old[0], b"    first_step(x)\n", b"    second_step_renamed(x, y)\n", b"    inserted_step(x)\n"] + old[3:]
+
+
+def test_upstream_changing_the_lines_after_an_insertion_places_it_by_the_lines_before():
+    old = [b"def f(x):\n", b"    first_step(x)\n", b"    second_step(x)\n", b"    third_step(x)\n",
+           b"    fourth_step(x)\n", b"    return x\n"]
+    h = diff.parse("p", b"--- a/f\n+++ b/f\n@@ -2,4 +2,5 @@\n     first_step(x)\n     second_step(x)\n"
+                   b"+    inserted_step(x)\n     third_step(x)\n     fourth_step(x)\n").files[0].hunks[0]
+    new = old[:3] + [b"    third_step_renamed(x, y)\n"] + old[4:]
+    pl = merge.place(h, old, new, merge.align(old, new), 1)
+    assert pl.status == merge.MERGED and pl.rule == "merge3-anchor-before", pl
+    out = new[:pl.start] + pl.lines + new[pl.end:]
+    assert out == old[:3] + [b"    inserted_step(x)\n", b"    third_step_renamed(x, y)\n"] + old[4:]

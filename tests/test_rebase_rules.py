@@ -197,3 +197,53 @@ def test_conflict_regions_are_whole_statements_that_parse_on_every_side(tmp_path
     assert "value_5 * 2" in sides[2] and "value_5 + 1" in sides[0] and "value_5,\n" in sides[1]
     assert all(side.lstrip().startswith("out = combine(") for side in sides)
     assert "return out" not in text.split(">>>>>>>")[0]  # no more than the statement
+
+
+def test_a_function_upstream_moved_into_another_file_is_followed(tmp_path, world):
+    helper = "def scale_values(values, factor):\n    doubled = [v * factor for v in values]\n    total_sum = sum(doubled)\n    return total_sum\n"
+    old_a = "import os\n\n\n" + helper + "\n\ndef main():\n    return scale_values([1], 2)\n"
+    up = world.upstream("megatron", {"a.py": old_a, "b.py": "import sys\n"})
+    patched = old_a.replace("    total_sum = sum(doubled)\n", "    total_sum = sum(doubled) + 1\n")
+    patch = diff.parse("p.patch", up.diff({"a.py": patched}).encode())
+    new = up.commit({"a.py": "import os\n\nfrom b import scale_values\n\n\ndef main():\n    return scale_values([1], 2)\n",
+                     "b.py": "import sys\n\n\n" + helper}, "move the helper to b.py")
+    from patchstack.trees import GitTree
+
+    old_tree, new_tree = GitTree(up.path / ".git", up.pin), GitTree(up.path / ".git", new)
+    rows, changes, conflicted = rebase.rebase_patch(patch, Overlay(old_tree), Overlay(new_tree), {}, LABELS,
+                                                    (old_tree, new_tree))
+    assert rows[0]["file"] == "b.py" and rows[0]["moved_from"] == "a.py" and rows[0]["rule"] == "moved-file", rows
+    assert not conflicted and changes.get("a.py", (0, new_tree.read("a.py")))[1] == new_tree.read("a.py")
+    assert b"    total_sum = sum(doubled) + 1\n" in changes["b.py"][1]
+
+
+def test_a_placed_hunk_using_what_only_a_conflict_defines_says_so(tmp_path):
+    # Like the PD timing fields: declared by a hunk left in conflict (io_struct.py), used by hunks
+    # placed in other files. They are right only if the conflict keeps the field.
+    old_def = "class Out:\n    first: int\n    second: int\n\n\ndef make():\n    return Out\n"
+    old_use = "def fill(o):\n    o.first = 1\n    o.second = 2\n    return o\n"
+    patch_text = file_patch(tmp_path / "a", "defs.py", old_def, old_def.replace("    second: int\n", "    second: int\n    timing_field: float\n"))
+    patch_text += file_patch(tmp_path / "b", "use.py", old_use, old_use.replace("    o.second = 2\n", "    o.second = 2\n    o.timing_field = 0.5\n"))
+    new_def = old_def.replace("    first: int\n    second: int\n", "    first: int\n    stats: object\n")
+    patch = diff.parse("p.patch", patch_text.encode())
+    rows, _, conflicted = rebase.rebase_patch(patch, _tree({"defs.py": old_def, "use.py": old_use}),
+                                              _tree({"defs.py": new_def, "use.py": old_use}), {}, LABELS)
+    by_file = {r["file"]: r for r in rows}
+    assert by_file["defs.py"]["status"] == "conflict" and by_file["use.py"]["status"] == "clean", rows
+    assert "timing_field" in by_file["use.py"]["depends_on"] and "defs.py" in by_file["use.py"]["depends_on"]
+
+
+def test_a_multi_line_change_upstream_made_with_one_more_argument_is_upstreamed(tmp_path):
+    # Like models/qwen3_5.py at old line 400: upstream's call has one more argument (and black's
+    # trailing comma).
+    head = "def layer(self, hidden, batch, scatter, fusion):\n    prepared = prepare(hidden)\n    checked = check(hidden)\n\n"
+    tail = "\n    finished = finish(hidden)\n    return hidden\n"
+    old = head + "    hidden = self.mlp(hidden, batch)\n" + tail
+    patched = head + "    if fusion:\n        hidden = self.mlp(hidden, batch, scatter)\n" + tail
+    new = head + "    if fusion:\n        hidden = self.mlp(\n            hidden,\n            batch,\n            scatter,\n" \
+                 "            fusion,\n        )\n" + tail
+    rows, text, conflicted = _rebase(tmp_path, "m.py", old, patched, new)
+    assert rows[0]["status"] == "upstreamed" and rows[0]["rule"] == "upstreamed-with-difference", rows
+    assert text == new and not conflicted
+    rows, _, conflicted = _rebase(tmp_path / "two", "m.py", old, patched, new.replace("fusion,\n", "fusion, extra,\n"))
+    assert rows[0]["status"] == "conflict"  # two more arguments: a person decides

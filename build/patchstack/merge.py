@@ -100,8 +100,9 @@ def bindings(lines: list[bytes]) -> dict[int, set[bytes]]:
 
 
 def assigned(lines: list[bytes]) -> set[bytes]:
-    """Names and dotted names the lines assign to (`self.x = ...`, `x: int = ...`)."""
-    return {m.group(1) for x in lines if (m := _ASSIGNED.match(x))}
+    """Names and dotted names the lines assign to (`self.x = ...`, `x: int = ...`); a keyword
+    argument on its own line (`name=value,`) is not an assignment."""
+    return {m.group(1) for x in lines if (m := _ASSIGNED.match(x)) and not x.rstrip().endswith((b",", b"("))}
 
 
 def align(old: list[bytes], new: list[bytes]) -> list[int | None]:
@@ -181,6 +182,15 @@ def _pick(cands: list[int], expected: int | None, lines: list[bytes]) -> tuple[i
     return None, f"its lines match in {len(cands)} places (lines {where}) and none is where upstream's own diff puts them"
 
 
+def _region(m: list[int | None], p: int, n: int, size: int) -> tuple[int, int] | None:
+    """The new file's lines between where the hunk's first and last kept lines went, when upstream
+    kept both its first and its last line (the context that bounds it)."""
+    if n < 2 or p + n > len(m) or m[p] is None or m[p + n - 1] is None:
+        return None
+    s, e = m[p], m[p + n - 1] + 1  # type: ignore[operator]
+    return (s, e) if 0 <= s < e <= size else None
+
+
 def _mapped_start(m: list[int | None], p: int, n: int) -> int | None:
     """Where the old range [p, p+n) starts in the new file, judged by its first line upstream kept."""
     for k in range(n):
@@ -209,6 +219,12 @@ def place(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p: i
         done, _ = _pick(_occurrences(new, after, start_only=start_only, end_only=end_only), expected, after)
         if done is not None:
             return Placement(UPSTREAMED, done, done, [], "upstream already has the change", rule="new-side-present")
+        region = _region(m, p, n, len(new))
+        if region is not None and _one_more_argument(after, new[region[0]:region[1]]):
+            got = b"".join(new[region[0]:region[1]]).decode("utf-8", "replace")
+            return Placement(UPSTREAMED, region[0], region[0], [],
+                             f"upstream made this change with one more argument (upstream's lines {region[0] + 1}-"
+                             f"{region[1]}: `{' '.join(got.split())[:160]}`)", rule="upstreamed-with-difference")
 
     lead, trail = h.leading, h.trailing
     weak = ""
@@ -354,14 +370,17 @@ def _merge3(h: Hunk, old: list[bytes], new: list[bytes], m: list[int | None], p:
                 inserts.setdefault(aj, []).extend(added)
                 if theirs:
                     notes.add("upstream added lines at the same place; ours follow them")
+                    rules.add("merge3-after-upstream's")
         elif aj is not None and solid([b1, b1 + 1]) and any(ctx.meaningful(old[b]) for b in (b1, b1 + 1)
                                                              if b < len(old)):
             inserts.setdefault(aj, []).extend(added)
             notes.add("upstream changed the lines before it; placed by the unchanged lines after")
+            rules.add("merge3-anchor-after")
         elif bj is not None and solid([b1 - 2, b1 - 1]) and any(ctx.meaningful(old[b]) for b in (b1 - 2, b1 - 1)
                                                                  if b >= 0):
             inserts.setdefault(bj + 1, []).extend(added)
             notes.add("upstream changed the lines after it; placed by the unchanged lines before")
+            rules.add("merge3-anchor-before")
         else:
             return ("upstream changed the lines on both sides of where the hunk adds lines (or the unchanged "
                     "side is only blank lines or brackets)")
@@ -450,6 +469,8 @@ def _one_more_argument(ours: list[bytes], theirs: list[bytes]) -> bool:
     extra = t[pre:len(t) - suf]
     if extra and extra[0] == b",":
         arg = extra[1:]
+        if arg and arg[-1] == b"," and len(arg) > 1:  # a trailing comma after the new last argument
+            arg = arg[:-1]
     elif extra and extra[-1] == b",":
         arg = extra[:-1]
     else:

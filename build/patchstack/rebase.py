@@ -14,6 +14,7 @@ out/rebase/<upstream>/external/ only. out/rebase-report.json says what happened 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import shutil
@@ -84,7 +85,10 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
     `upstreams`: the old and the new upstream trees, for the check that an attribute the placed
     lines use still exists somewhere upstream; by default taken from `old` and `new_tree` where
     they are (overlays of) git trees."""
-    checker = Checker(upstreams or _upstream_trees(old, new_tree), patch)
+    upstreams = upstreams or _upstream_trees(old, new_tree)
+    checker = Checker(upstreams, patch)
+    finder = MovedCode(upstreams, new_tree)
+    follow: list[tuple[str, diff.Hunk, dict, str]] = []  # (file, hunk, its row, where its lines are now)
     rows: list[dict] = []
     changes: dict[str, tuple[str, bytes] | None] = {}
     conflicted: list[str] = []
@@ -153,10 +157,18 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
         verified = "not Python: not verified"
         if target.endswith(".py"):
             verified = _verify_file(target, placements, new_lines, (old_patched, old_text, new_text), checker)
+        # A hunk whose lines are gone from this file but sit, once, in another file upstream changed:
+        # upstream moved that code; the hunk follows it (placed at the end, once every file is known).
+        moved_away: dict[int, str] = {}
+        for h, pl in placements:
+            if pl.status == merge.CONFLICT:
+                there = finder.find(h, exclude=target, here=new_lines)
+                if there:
+                    moved_away[id(h)] = there
         out = list(new_lines)
         any_conflict = False
         for h, pl in sorted(placements, key=lambda x: (x[1].start, x[1].end), reverse=True):
-            if pl.status == merge.UPSTREAMED:
+            if pl.status == merge.UPSTREAMED or id(h) in moved_away:
                 continue
             if pl.status == merge.CONFLICT:
                 any_conflict = True
@@ -172,6 +184,8 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
                 row["rule"] = pl.rule
             row["verified"] = verified
             rows.append(row)
+            if id(h) in moved_away:
+                follow.append((target, h, row, moved_away[id(h)]))
         body = b"".join(out)
         if fp.is_delete and not any_conflict:
             changes[target] = None if not body else (mode, body)
@@ -181,7 +195,141 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
                 changes[target] = None
         if any_conflict:
             conflicted.append(dest or target)
+    for src, h, row, there in follow:
+        _follow(src, h, row, there, changes, new_tree, conflicted, labels)
+    _pending(patch, rows, checker)
     return rows, changes, conflicted
+
+
+def _pending(patch: diff.Patch, rows: list[dict], checker: Checker) -> None:
+    """Mark placed hunks that use a name only a hunk left in conflict defines (in any file of the
+    patch, and nowhere in upstream's new tree): they are right only if that conflict is resolved
+    by keeping the name."""
+    pairs, i = [], 0
+    for fp in patch.files:  # the rows follow the patch: one per hunk, or one for a file without hunks
+        pairs += list(zip(fp.hunks, rows[i:i + len(fp.hunks)]))
+        i += len(fp.hunks) or 1
+    conflicts = [(h, r) for h, r in pairs if r["status"] == merge.CONFLICT]
+    if not conflicts:
+        return
+    placed = [(h, r) for h, r in pairs if r["status"] not in (merge.CONFLICT, merge.UPSTREAMED)]
+    added = lambda h: [t for k, t in h.lines if k == "+"]  # noqa: E731
+    only = verify.bound_words([t for h, _ in conflicts for t in added(h)])
+    only -= verify.bound_words([t for h, _ in placed for t in added(h)], attributes=False)
+    if checker.trees is not None:
+        only -= checker._present(1, only)
+    if not only:
+        return
+    where = {w: sorted({f"{r['file'].rsplit('/', 1)[-1]}:{r['old_start']}" for h, r in conflicts
+                        if w in verify.bound_words(added(h))}) for w in only}
+    for h, r in placed:
+        used = sorted(only & verify.used_words(added(h)))
+        if used:
+            r["depends_on"] = (f"uses {', '.join(used[:4])}{' ...' if len(used) > 4 else ''}, which only hunks left in "
+                               f"conflict define ({', '.join(sorted({x for w in used for x in where[w]}))}): right "
+                               "only if those conflicts keep them")
+
+
+def _variants(h: diff.Hunk) -> list[tuple[list[bytes], list[bytes]]]:
+    """What to look for in another file, and what replaces it: the hunk's old side; the same without
+    blank context lines at its edges; its removed lines alone when it is one run of changes."""
+    out = [(h.before, h.after)]
+    lo, hi = 0, len(h.lines)
+    while lo < hi and h.lines[lo][0] == " " and not h.lines[lo][1].strip():
+        lo += 1
+    while hi > lo and h.lines[hi - 1][0] == " " and not h.lines[hi - 1][1].strip():
+        hi -= 1
+    if (lo, hi) != (0, len(h.lines)):
+        core = h.lines[lo:hi]
+        out.append(([t for k, t in core if k != "+"], [t for k, t in core if k != "-"]))
+    shape = "".join("c" if k == " " else "x" for k, _ in h.lines)
+    if re.fullmatch(r"c*x+c*", shape) and any(k == "-" for k, _ in h.lines):
+        out.append(([t for k, t in h.lines if k == "-"], [t for k, t in h.lines if k == "+"]))
+    return out
+
+
+class MovedCode:
+    """Where a hunk's lines went when upstream moved them out of their file: the one place, in the
+    Python files upstream added or changed between the two versions, that holds the hunk's whole
+    old side (or, for a hunk that removes lines, its removed lines when two or more are
+    meaningful). Needs both upstream versions in one git repository; otherwise finds nothing."""
+
+    def __init__(self, upstreams: tuple[GitTree, GitTree] | None, new_tree):
+        self.new_tree = new_tree
+        self.paths: list[str] = []
+        if upstreams and upstreams[0].git_dir == upstreams[1].git_dir:
+            out = git("diff", "--name-only", "-z", "--diff-filter=AMR", upstreams[0].commit, upstreams[1].commit,
+                      "--", "*.py", git_dir=upstreams[0].git_dir, check=False).stdout.decode()
+            self.paths = [x for x in out.split("\0") if x]
+        self._index: dict[bytes, list[tuple[str, int]]] | None = None
+        self._lines: dict[str, list[bytes]] = {}
+
+    def _build(self) -> dict[bytes, list[tuple[str, int]]]:
+        if self._index is None:
+            self._index = {}
+            for path in self.paths:
+                data = self.new_tree.read(path)
+                if data is None:
+                    continue
+                self._lines[path] = diff.split_lines(data)
+                for i, line in enumerate(self._lines[path]):
+                    if len(line.strip()) >= 8:
+                        self._index.setdefault(line, []).append((path, i))
+        return self._index
+
+    def find(self, h: diff.Hunk, exclude: str, here: list[bytes]) -> str | None:
+        if not self.paths:
+            return None
+        for block, _ in _variants(h):
+            meaningful = [x for x in block if len(x.strip()) >= 8]
+            if len(meaningful) < 2 or any(here[i:i + len(block)] == block for i in range(len(here))):
+                continue
+            index = self._build()
+            key = min(meaningful, key=lambda x: len(index.get(x, [])) or 10 ** 9)
+            offset = block.index(key)
+            spots = {(path, i - offset) for path, i in index.get(key, [])
+                     if path != exclude and self._lines[path][i - offset:i - offset + len(block)] == block}
+            if len(spots) == 1:
+                return next(iter(spots))[0]
+            if spots:
+                return None
+        return None
+
+
+def _follow(src: str, h: diff.Hunk, row: dict, there: str, changes, new_tree, conflicted: list[str],
+            labels: dict[str, str]) -> None:
+    """Apply a hunk in the file upstream moved its code to; verify that file; a conflict there if not."""
+    current = changes[there][1] if changes.get(there) else new_tree.read(there)
+    mode = changes[there][0] if changes.get(there) else (new_tree.mode(there) or REGULAR)
+    lines = diff.split_lines(current or b"")
+    at, block, repl = None, h.before, h.after
+    for block, repl in _variants(h):
+        spots = [i for i in range(len(lines) - len(block) + 1) if block and lines[i:i + len(block)] == block]
+        if len(spots) == 1:
+            at = spots[0]
+            break
+    row["moved_from"] = src
+    row["file"] = there
+    if at is None:
+        row["reason"] = f"{row.get('reason', '')}; its lines were in {there}, but not once any more after the " \
+                        "patch's own changes there"
+        return
+    result = lines[:at] + repl + lines[at + len(block):]
+    before = new_tree.read(there) or b""
+    found, _ = verify.problems(b"".join(result), before, before, before, name=there) if there.endswith(".py") \
+        else ([], "")
+    if found:
+        result = lines[:at] + merge.markers(lines[at:at + len(block)], h.before, h.after, **labels) + \
+            lines[at + len(block):]
+        row["reason"] = (f"upstream moved its lines to {there}; placed there, the file "
+                         + "; ".join(dict.fromkeys(p.message for p in found)))
+        if there not in conflicted:
+            conflicted.append(there)
+    else:
+        row["status"], row["rule"], row["at"] = merge.OFFSET, "moved-file", at + 1
+        row["reason"] = f"upstream moved its lines from {src} to {there}"
+        row["verified"] = "compiles; no new undefined name"
+    changes[there] = (mode, b"".join(result))
 
 
 def _whole_statements(h, pl, placements, old_at, old_lines, new_lines):
@@ -220,6 +368,14 @@ def _upstream_trees(old, new) -> tuple[GitTree, GitTree] | None:
     return (a, b) if a is not None and b is not None else None
 
 
+@functools.lru_cache(maxsize=4)
+def tree_words(git_dir: Path, commit: str) -> frozenset[str]:
+    """Every identifier-like word of the Python files of a commit (one `git grep` over the tree)."""
+    out = git("grep", "-h", "-o", "-I", "-E", "[A-Za-z_][A-Za-z0-9_]*", commit, "--", "*.py",
+              git_dir=git_dir, check=False).stdout
+    return frozenset(out.decode("utf-8", "replace").split())
+
+
 class Checker:
     """Which attribute names upstream's whole tree lost: named in the old upstream tree, in no file
     of the new one, and defined by no line the series adds (`git grep` in both trees, memoised)."""
@@ -229,19 +385,10 @@ class Checker:
         added = b"".join(t for fp in patch.files for h in fp.hunks for k, t in h.lines if k == "+")
         self.defined_by_patch = {w.decode() for w in re.findall(rb"(?:def|class)\s+([A-Za-z_]\w*)", added)}
         self.defined_by_patch |= {w.decode() for w in re.findall(rb"\.?([A-Za-z_]\w*)\s*(?::[^=\n]*)?=(?!=)", added)}
-        self.memo: dict[tuple[int, str], bool] = {}
 
     def _present(self, which: int, words: set[str]) -> set[str]:
-        todo = sorted(w for w in words if (which, w) not in self.memo)
-        if todo:
-            t = self.trees[which]  # type: ignore[index]
-            args = ["grep", "-o", "-h", "-w", "-I"]
-            for w in todo:
-                args += ["-e", w]
-            found = set(git(*args, t.commit, "--", "*.py", git_dir=t.git_dir, check=False).stdout.decode().split())
-            for w in todo:
-                self.memo[(which, w)] = w in found
-        return {w for w in words if self.memo[(which, w)]}
+        t = self.trees[which]  # type: ignore[index]
+        return words & tree_words(t.git_dir, t.commit)
 
     def removed(self, words: set[str]) -> set[str]:
         if self.trees is None:
@@ -509,6 +656,9 @@ def summary(manifest: Manifest, state: dict) -> str:
         for h in p["hunks"]:
             if h["status"] == merge.CONFLICT and not h.get("resolved"):
                 lines.append(f"    conflict: {h['file']} hunk at old line {h['old_start']}: {h.get('reason', '')}")
+            elif h.get("depends_on"):
+                lines.append(f"    check:    {h['file']} hunk at old line {h['old_start']} ({h['status']}): "
+                             f"{h['depends_on']}")
         lines.append(f"    interdiff: {state.get('interdiff', {}).get(p['name']) or _interdiff(p)}")
     tree = rebase_dir(manifest, state["upstream"]) / "tree"
     if state.get("stopped"):

@@ -68,9 +68,14 @@ def facts(data: bytes, name: str = "<file>") -> Facts:
     except (ValueError, RecursionError) as e:
         return Facts(False, Problem(1, f"cannot be read as Python: {e}"))
     f = Facts(True)
-    f.undefined, f.star_import = _undefined(table, code_tree)
+    loads: dict[str, list[int]] = {}
     for node in ast.walk(code_tree):
-        if isinstance(node, ast.Attribute):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                loads.setdefault(node.id, []).append(node.lineno)
+            else:
+                f.defined.add(node.id)
+        elif isinstance(node, ast.Attribute):
             if isinstance(node.value, ast.Name):
                 key = (node.value.id, node.attr)
                 f.pairs.setdefault(key, []).append(node.lineno)
@@ -84,16 +89,13 @@ def facts(data: bytes, name: str = "<file>") -> Facts:
             f.defined.add(node.name)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             f.imported |= {a.asname or a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
-            f.defined.add(node.id)
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            f.defined.add(node.target.id)
+            f.star_import |= any(a.name == "*" for a in node.names)
+    f.undefined = {n: loads.get(n, []) for n in _undefined(table)}
     return f
 
 
-def _undefined(top: symtable.SymbolTable, tree: ast.AST) -> tuple[dict[str, list[int]], bool]:
-    """Names loaded somewhere that resolve to the module scope and are bound nowhere there."""
-    star = any(isinstance(n, ast.ImportFrom) and any(a.name == "*" for a in n.names) for n in ast.walk(tree))
+def _undefined(top: symtable.SymbolTable) -> set[str]:
+    """Names referenced somewhere that resolve to the module scope and are bound nowhere there."""
     module: set[str] = set()
     for s in top.get_symbols():
         if s.is_assigned() or s.is_imported() or s.is_namespace():
@@ -102,9 +104,8 @@ def _undefined(top: symtable.SymbolTable, tree: ast.AST) -> tuple[dict[str, list
 
     def visit(t: symtable.SymbolTable) -> None:
         for s in t.get_symbols():
-            n = s.get_name()
             if t.get_type() != "module" and s.is_declared_global() and s.is_assigned():
-                module.add(n)
+                module.add(s.get_name())
         for child in t.get_children():
             visit(child)
 
@@ -124,12 +125,7 @@ def _undefined(top: symtable.SymbolTable, tree: ast.AST) -> tuple[dict[str, list
 
     visit(top)
     collect(top)
-    lines: dict[str, list[int]] = {}
-    if missing:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id in missing:
-                lines.setdefault(node.id, []).append(node.lineno)
-    return {n: lines.get(n, []) for n in missing}, star
+    return missing
 
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -193,6 +189,10 @@ def _gone_from(attr: str, f: Facts) -> bool:
     return attr not in f.defined or any(a == attr for _, a in f.pairs)
 
 
+def used_words(lines: list[bytes]) -> set[str]:
+    return set(_WORD.findall(_text(b"".join(lines))))
+
+
 _IMPORT = re.compile(r"^\s*(?:from\s+\S+\s+)?import\s+(.*)$")
 _DEF = re.compile(r"^\s*(?:async\s+)?(?:def|class)\s+([A-Za-z_]\w*)")
 _FOR = re.compile(r"^\s*(?:async\s+)?for\s+(.+?)\s+in\s")
@@ -200,10 +200,11 @@ _AS = re.compile(r"\bas\s+([A-Za-z_]\w*)")
 _LHS = re.compile(r"^\s*([^=()#'\"]+?)\s*(?::[^=]*)?(?:[-+*/%&|^@]|//|>>|<<|\*\*)?=(?!=)")
 
 
-def bound_words(lines: list[bytes]) -> set[str]:
+def bound_words(lines: list[bytes], attributes: bool = True) -> set[str]:
     """Names that lines bind, read line by line (they need not parse as a whole): imports, def and
     class, assignment targets (`a, *b = ...`, `self.x = ...` binds x), for and with/except targets,
-    and lone `name,` lines (members of a parenthesised import list)."""
+    and lone `name,` lines (members of a parenthesised import list). Without `attributes`, an
+    assignment to `obj.x` binds nothing."""
     out: set[str] = set()
     for raw in lines:
         line = _text(raw).rstrip("\n")
@@ -218,7 +219,10 @@ def bound_words(lines: list[bytes]) -> set[str]:
             out |= set(_WORD.findall(m.group(1)))
         out |= set(_AS.findall(line))
         if m := _LHS.match(line):
-            out |= {w.rsplit(".", 1)[-1] for w in re.findall(r"[A-Za-z_][\w.]*", m.group(1))}
+            out |= {w.rsplit(".", 1)[-1] for w in re.findall(r"[A-Za-z_][\w.]*", m.group(1))
+                    if attributes or "." not in w}
         if m := re.fullmatch(r"\s*([A-Za-z_]\w*)\s*,?\s*", line):
+            out.add(m.group(1))
+        if m := re.match(r"^\s*([A-Za-z_]\w*)\s*:\s*\S", line):  # an annotated field: `name: Type`
             out.add(m.group(1))
     return out
