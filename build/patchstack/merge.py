@@ -101,8 +101,23 @@ def bindings(lines: list[bytes]) -> dict[int, set[bytes]]:
 
 def assigned(lines: list[bytes]) -> set[bytes]:
     """Names and dotted names the lines assign to (`self.x = ...`, `x: int = ...`); a keyword
-    argument on its own line (`name=value,`) is not an assignment."""
-    return {m.group(1) for x in lines if (m := _ASSIGNED.match(x)) and not x.rstrip().endswith((b",", b"("))}
+    argument on its own line (`name=value,`) is not an assignment, nor is a local of a function
+    the lines define."""
+    out: set[bytes] = set()
+    inside: int | None = None  # indentation of a def/class these lines open: its locals are its own
+    for x in lines:
+        if not x.strip():
+            continue
+        indent = len(x) - len(x.lstrip())
+        if inside is not None and indent > inside:
+            continue
+        inside = None
+        if re.match(rb"\s*(async\s+def|def|class)\s", x):
+            inside = indent
+            continue
+        if (m := _ASSIGNED.match(x)) and not x.rstrip().endswith((b",", b"(")):
+            out.add(m.group(1))
+    return out
 
 
 def align(old: list[bytes], new: list[bytes]) -> list[int | None]:
