@@ -8,6 +8,8 @@
 #   make workspace UPSTREAM=<name> [GEMMA4=1]   the series as commits on the pin, under out/workspace/
 #   make export UPSTREAM=<name>                 the workspace's commits back into patches/
 #   make rebase UPSTREAM=<name> TO=<version|commit> [CONTINUE=1]   the series onto a new upstream
+#   make matrix [UPSTREAM=<name>...] [GEMMA4=0|1]   every patch x upstream versions: out/matrix/index.html
+#                                      (every group unless GEMMA4 is given; versions: patches/matrix.toml)
 #   make image [GEMMA4=1] [TAG=...] [NAME=VALUE...]   the GPU image (needs a Docker engine)
 #   make image-smoke [GEMMA4=1]        offline smoke build of the same Dockerfile, checked inside
 #   make inspect IMAGE=...             an image's provenance labels
@@ -32,7 +34,7 @@ ifeq ($(filter 0 1,$(GEMMA4)),)
 $(error GEMMA4 must be 0 or 1, not '$(GEMMA4)': GEMMA4=1 adds the Gemma4 patch groups)
 endif
 
-.PHONY: help venv sources check lint test clean distclean workspace export rebase image image-smoke inspect push
+.PHONY: help venv sources check lint test clean distclean workspace export rebase matrix image image-smoke inspect push
 
 # The targets and what they do: the comment block at the top of this file.
 help:
@@ -63,6 +65,12 @@ export: venv
 
 rebase: venv
 	$(TOOL) rebase $(UPSTREAM) $(if $(TO),--to $(TO)) $(if $(filter 1,$(CONTINUE)),--continue) $(ARGS)
+
+# The matrix shows every group unless GEMMA4 is given on the command line or in the environment
+# (GEMMA4=0: base only; GEMMA4=1: base and gemma4).
+MATRIX_SELECT := $(if $(filter command line environment,$(origin GEMMA4)),$(if $(filter 1,$(GEMMA4)),--gemma4,--base))
+matrix: venv
+	$(TOOL) matrix $(UPSTREAM) $(MATRIX_SELECT) $(ARGS)
 
 image: venv
 	$(TOOL) image $(SELECT) $(if $(TAG),--tag $(TAG)) $(BASE) $(BUILD_ARGS) $(ARGS)

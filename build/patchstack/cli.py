@@ -253,6 +253,29 @@ def cmd_materialise(m, args) -> int:
     return 3 if r.need_source else 0
 
 
+def cmd_matrix(m, args) -> int:
+    from . import matrix, matrix_page
+
+    names = args.upstream or list(m.upstreams)
+    for n in names:
+        m.upstream(n)
+    override = None
+    if args.versions is not None:
+        if len(names) != 1:
+            raise StackError("--versions lists the versions of one upstream: name exactly one",
+                             hint="e.g. patchstack matrix sglang --versions 0.5.10,0.5.10.post1")
+        override = [v.strip() for v in args.versions.split(",") if v.strip()]
+    if args.base or args.gemma4 or args.group:
+        groups = _groups(m, args)
+    else:
+        groups = list(m.groups)  # every group: a user wants to see every patch
+    out = Path(args.out) if args.out else m.root / "out" / "matrix"
+    log = (lambda line: print(line, file=sys.stderr, flush=True))
+    data = matrix.run(m, names, groups, out_dir=out, offline=args.offline, override=override, log=log)
+    print(matrix_page.summary(data, out))
+    return 3 if args.strict and data["cells"]["unavailable"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="patchstack", description=__doc__)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -336,6 +359,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", metavar="GLOB", help="only paths matching (repeatable)")
     _add_selection(p)
     p.set_defaults(func=cmd_materialise)
+
+    p = sub.add_parser("matrix", help="every entry of every series on a list of upstream versions: "
+                       "out/matrix/matrix.json and index.html",
+                       description="Every entry of every series (default: every group, gemma4 included) on "
+                       "the pin and the versions of patches/matrix.toml (SGLang: every stable PyPI release "
+                       "after the pin). Cells are cached under OUT/cache.")
+    p.add_argument("upstream", nargs="*", help="upstreams to show (default: all)")
+    p.add_argument("--versions", metavar="V1,V2,...",
+                   help="these versions instead of the list (one upstream): commits, tags or PyPI versions")
+    p.add_argument("--base", action="store_true", help="only the groups that always apply (default: every group)")
+    p.add_argument("--gemma4", action="store_true", help="base and gemma4 only (default: every group)")
+    p.add_argument("--group", action="append", metavar="NAME", help="base and this optional group (repeatable)")
+    p.add_argument("--offline", action="store_true",
+                   help="use only the cache: no package index, no git remote (the cached PyPI listing is used)")
+    p.add_argument("--out", help="output folder (default: out/matrix)")
+    p.add_argument("--strict", action="store_true", help="exit 3 when a cell could not be computed")
+    p.set_defaults(func=cmd_matrix)
 
     p = sub.add_parser("lint", help="lint the series files and our patch files")
     p.set_defaults(func=cmd_lint)

@@ -277,18 +277,24 @@ def sdist_source(up: Upstream, *, offline: bool = False, url: str | None = None)
     return Source(up, GitTree(repo, commit, label=f"{up.name} {up.version} (sdist)"), origin, commit)
 
 
-def resolve_pypi_sdist(project: str, version: str) -> tuple[str, str]:
-    """The URL and sha256 of a project's sdist on the package index (PEP 691 JSON), or of a wheel
-    of that version when the release ships no sdist."""
+def pypi_index(project: str) -> tuple[str, dict]:
+    """The project's page of the package index (PEP 691 JSON; PIP_INDEX_URL as pip has it): its URL
+    and its data."""
     index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple/").rstrip("/")
     url = f"{index}/{project}/"
-    want = f"{project}-{version}.tar.gz"
     try:
         req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
         with urllib.request.urlopen(req, timeout=60) as r:
-            data = json.load(r)
+            return url, json.load(r)
     except (OSError, ValueError) as e:
         raise SourceUnavailable(project, f"{project}: cannot read the package index {url}: {e}") from None
+
+
+def resolve_pypi_sdist(project: str, version: str) -> tuple[str, str]:
+    """The URL and sha256 of a project's sdist on the package index (PEP 691 JSON), or of a wheel
+    of that version when the release ships no sdist."""
+    url, data = pypi_index(project)
+    want = f"{project}-{version}.tar.gz"
     files = [f for f in data.get("files", []) if f.get("hashes", {}).get("sha256") and not f.get("yanked")]
     for f in files:
         if f.get("filename") == want:
