@@ -174,11 +174,13 @@ def main() -> int:
     print(port_line)
 
     print(f"\nhunks where git and patchstack differ ({len(diffs)}):")
-    print(f"  {'file':<58}{'old line':>9}  {'git':<9}{'patchstack':<11}{'rule':<18}reason / verification")
+    print(f"  {'file':<58}{'old line':>9}  {'git':<9}{'patchstack':<11}{'rule':<25}reason / verification")
     for row, g in diffs:
         f = row["file"].split("/srt/")[-1]
         why = row.get("reason") if row["status"] == "conflict" else row.get("verified", "")
-        print(f"  {f:<58}{row['old_start']:>9}  {g:<9}{row['status']:<11}{row.get('rule', ''):<18}{why}")
+        if row.get("depends_on"):
+            why += "; " + row["depends_on"]
+        print(f"  {f:<58}{row['old_start']:>9}  {g:<9}{row['status']:<11}{row.get('rule', ''):<25}{why}")
     worse = [(row, g) for row, g in diffs if g == "conflict" and row["status"] != "upstreamed"]
     print(f"  git left in conflict, patchstack placed: {len(worse)} "
           f"(rules: {', '.join(sorted({r.get('rule', '?') for r, _ in worse})) or 'none'})")
@@ -188,9 +190,13 @@ def main() -> int:
     for text, passed in bars + watch:
         ok &= passed
         print(f"  [{'ok' if passed else 'FAIL'}] {text}")
-    passed = ours_files <= up.get("max_files", 10 ** 9)
-    ok &= passed
-    print(f"  [{'ok' if passed else 'FAIL'}] conflicted files {ours_files} <= {up.get('max_files')} (git: {len(unmerged)})")
+    if "max_files" in up:
+        passed = ours_files <= up["max_files"]
+        ok &= passed
+        print(f"  [{'ok' if passed else 'FAIL'}] conflicted files {ours_files} <= {up['max_files']} (git: {len(unmerged)})")
+    print("\nconflicts left by patchstack:")
+    for row in conflicts:
+        print(f"  {row['file'].split('/srt/')[-1]}:{row['old_start']}: {row.get('reason', '')}")
     return 0 if ok else 1
 
 
