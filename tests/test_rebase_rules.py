@@ -247,3 +247,18 @@ def test_a_multi_line_change_upstream_made_with_one_more_argument_is_upstreamed(
     assert text == new and not conflicted
     rows, _, conflicted = _rebase(tmp_path / "two", "m.py", old, patched, new.replace("fusion,\n", "fusion, extra,\n"))
     assert rows[0]["status"] == "conflict"  # two more arguments: a person decides
+
+
+def test_a_hunk_that_needs_a_conflicts_patch_side_says_so(tmp_path):
+    # Like disaggregation/prefill.py: the import hunk is a conflict (upstream deleted `import time`,
+    # its context); a later hunk that calls time.perf_counter() is placed, right only if that
+    # conflict keeps `import time`.
+    body = "".join(f"def step_{i}():\n    return {i}\n\n\n" for i in range(6))
+    old = "import os\nimport time\nimport json\n\n\n" + body + "def work():\n    a = 1\n    b = 2\n    return json.dumps(a)\n"
+    patched = old.replace("import time\nimport json\n", "import time\nimport sys\nimport json\n").replace(
+        "    b = 2\n", "    b = 2\n    started = time.perf_counter()\n")
+    new = old.replace("import os\nimport time\nimport json\n", "import os as operating_system\nimport json as js\n")
+    rows, text, conflicted = _rebase(tmp_path, "m.py", old, patched, new)
+    first, user = rows
+    assert first["status"] == "conflict" and conflicted == ["m.py"], rows
+    assert user["status"] != "conflict" and "`time`" in user["depends_on"], rows

@@ -50,6 +50,7 @@ class Placement:
     lines: list[bytes]  # what goes there
     reason: str = ""
     rule: str = ""  # which rule placed it (each has a test built like it)
+    depends: str = ""  # what makes it right only if a conflict is resolved one way
 
 
 @dataclass

@@ -182,6 +182,8 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
                 row["reason"] = pl.reason
             if pl.rule and pl.status != merge.CONFLICT:
                 row["rule"] = pl.rule
+            if pl.depends and pl.status != merge.CONFLICT:
+                row["depends_on"] = pl.depends
             row["verified"] = verified
             rows.append(row)
             if id(h) in moved_away:
@@ -225,7 +227,7 @@ def _pending(patch: diff.Patch, rows: list[dict], checker: Checker) -> None:
     for h, r in placed:
         used = sorted(only & verify.used_words(added(h)))
         if used:
-            r["depends_on"] = (f"uses {', '.join(used[:4])}{' ...' if len(used) > 4 else ''}, which only hunks left in "
+            r["depends_on"] = (r["depends_on"] + "; " if r.get("depends_on") else "") + (f"uses {', '.join(used[:4])}{' ...' if len(used) > 4 else ''}, which only hunks left in "
                                f"conflict define ({', '.join(sorted({x for w in used for x in where[w]}))}): right "
                                "only if those conflicts keep them")
 
@@ -343,10 +345,10 @@ def _whole_statements(h, pl, placements, old_at, old_lines, new_lines):
         if other is h:
             continue
         q = old_at[id(other)]
-        if q < b and a < q + len(other.before):
-            a, b = p, p + n
-        if opl.status != merge.UPSTREAMED and opl.start < e and s < max(opl.end, opl.start + 1):
-            s, e = pl.start, pl.end
+        if (q < b and a < q + len(other.before)) or \
+                (opl.status != merge.UPSTREAMED and opl.start < e and s < max(opl.end, opl.start + 1)):
+            a, b, s, e = p, p + n, pl.start, pl.end  # both sides as they were, or they would not match
+            break
     pl.start, pl.end = s, e
     return new_lines[s:e], old_lines[a:b], old_lines[a:p] + h.after + old_lines[p + n:b]
 
@@ -429,6 +431,17 @@ def _verify_file(path: str, placements: list, new_lines: list[bytes], before: tu
         found, note = verify.problems(b"".join(out), *before, removed_upstream=checker.removed, checked=placed,
                                       excused=excused, name=path)
         if not found:
+            # What is right only thanks to a conflict's patch side: say so on the hunks that use it.
+            if excused:
+                pending, _ = verify.problems(b"".join(out), *before, removed_upstream=checker.removed,
+                                             checked=placed, name=path)
+                for pr in pending:
+                    k = pr.line - 1
+                    who = prov[k] if 0 <= k < len(prov) else None
+                    if who is not None:
+                        pl = placements[who][1]
+                        pl.depends = (pl.depends + "; " if pl.depends else "") + \
+                            f"{pr.message}, unless a conflict in this file is resolved with the patch's side"
             return "compiles; no new undefined name or removed attribute" + (f" ({note})" if note else "")
         blame: dict[int, list[str]] = {}
         for pr in found:
