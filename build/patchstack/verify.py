@@ -185,7 +185,9 @@ def problems(result: bytes, old_patched: bytes, old_upstream: bytes, new_upstrea
 
 
 def _gone_from(attr: str, f: Facts) -> bool:
-    """The pair went away, not just moved within the file: self.x is not defined by a `def x`."""
+    """Whether `attr` went away from the new file: true unless the file still defines it (a def, a
+    field, an assignment) and uses it through no object at all (then `self.attr` still exists, it
+    is only no longer called here)."""
     return attr not in f.defined or any(a == attr for _, a in f.pairs)
 
 
