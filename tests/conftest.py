@@ -123,6 +123,12 @@ def numbered(n: int, prefix: str = "line") -> str:
     return "".join(f"{prefix} {i}\n" for i in range(1, n + 1))
 
 
+def sub_once(text: str, old: str, new: str) -> str:
+    """`text` with the first `old` replaced by `new` (which must be there)."""
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
 class World:
     """A stack repository (patches/pins.toml, series folders) wired to synthetic upstreams."""
 

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import numbered, run_git, tool
+from conftest import numbered, run_git, sub_once, tool
 
 from patchstack import rebase, sources
 
@@ -29,33 +29,28 @@ BASE = {
 AFTER_CLASH = "0006-after-<b>clash.patch"
 
 
-def _sub(text: str, old: str, new: str) -> str:
-    assert old in text, old
-    return text.replace(old, new, 1)
-
-
 def _git_world(world):
     """megatron pinned at one commit, then a commit that hits every status, then one more."""
     up = world.upstream("megatron", dict(BASE))
     patches = {
-        "0001-applies.patch": {"a.txt": _sub(BASE["a.txt"], "a 15\n", "a fifteen\n")},
-        "0002-offset.patch": {"b.txt": _sub(BASE["b.txt"], "b 15\n", "b fifteen\n")},
-        "0003-rebases.patch": {"c.txt": _sub(BASE["c.txt"], "c 15\n", "c fifteen\n")},
-        "0004-clash.patch": {"d.txt": _sub(BASE["d.txt"], "d 15\n", "d ours\n")},
-        "0005-done.patch": {"e.txt": _sub(BASE["e.txt"], "e 15\n", "e fifteen\n")},
-        AFTER_CLASH: {"d.txt": _sub(BASE["d.txt"], "d 25\n", "d twenty-five\n")},
+        "0001-applies.patch": {"a.txt": sub_once(BASE["a.txt"], "a 15\n", "a fifteen\n")},
+        "0002-offset.patch": {"b.txt": sub_once(BASE["b.txt"], "b 15\n", "b fifteen\n")},
+        "0003-rebases.patch": {"c.txt": sub_once(BASE["c.txt"], "c 15\n", "c fifteen\n")},
+        "0004-clash.patch": {"d.txt": sub_once(BASE["d.txt"], "d 15\n", "d ours\n")},
+        "0005-done.patch": {"e.txt": sub_once(BASE["e.txt"], "e 15\n", "e fifteen\n")},
+        AFTER_CLASH: {"d.txt": sub_once(BASE["d.txt"], "d 25\n", "d twenty-five\n")},
     }
     for name, edits in patches.items():
         world.add_patch("megatron", name, up.diff(edits, subject=name[5:-6]))
-    ext = up.diff({"a.txt": _sub(BASE["a.txt"], "a 3\n", "a three\n")})
+    ext = up.diff({"a.txt": sub_once(BASE["a.txt"], "a 3\n", "a three\n")})
     world.upstream("slime", {"docker/megatron.patch": ext})
     world.add_external("megatron", "slime:docker/megatron.patch", hashlib.sha256(ext.encode()).hexdigest(),
                        group="gemma4")
     moved_on = up.commit({
         "b.txt": numbered(7, "new") + BASE["b.txt"],
-        "c.txt": _sub(BASE["c.txt"], "c 13\n", "c 13 changed\n"),  # a context line of 0003's hunk
-        "d.txt": _sub(BASE["d.txt"], "d 15\n", "d theirs\n"),
-        "e.txt": _sub(BASE["e.txt"], "e 15\n", "e fifteen\n"),
+        "c.txt": sub_once(BASE["c.txt"], "c 13\n", "c 13 changed\n"),  # a context line of 0003's hunk
+        "d.txt": sub_once(BASE["d.txt"], "d 15\n", "d theirs\n"),
+        "e.txt": sub_once(BASE["e.txt"], "e 15\n", "e fifteen\n"),
     }, "upstream moves on")
     newest = up.commit({"unrelated.txt": "x\n"}, "and on")
     missing = "1" * 40  # listed, but not in the remote
@@ -262,8 +257,8 @@ def _pypi_world(world, tmp_path, index):
         "pkg-1.1.tar.gz": ({"pkg/mod.txt": numbered(5, "new") + mod}, {}),
         "pkg-1.2rc1.tar.gz": ({"pkg/mod.txt": mod}, {}),  # a pre-release: left out
         "pkg-1.2.tar.gz": ({"pkg/mod.txt": mod}, {"yanked": "broken"}),  # yanked: left out
-        "pkg-1.3-py3-none-any.whl": ({"pkg/mod.txt": _sub(mod, "m 15\n", "m fifteen\n")}, {}),  # no sdist
-        "pkg-1.3.post1.tar.gz": ({"pkg/mod.txt": _sub(mod, "m 15\n", "m theirs\n")}, {}),
+        "pkg-1.3-py3-none-any.whl": ({"pkg/mod.txt": sub_once(mod, "m 15\n", "m fifteen\n")}, {}),  # no sdist
+        "pkg-1.3.post1.tar.gz": ({"pkg/mod.txt": sub_once(mod, "m 15\n", "m theirs\n")}, {}),
         "pkg-1.4.dev0.tar.gz": ({"pkg/mod.txt": mod}, {}),  # a dev release: left out
         "pkg-1.5.tar.gz": ({"pkg/mod.txt": mod}, {"sha256": "f" * 64}),  # the index's sha256 is not the file's
     }
@@ -296,7 +291,7 @@ def _pypi_world(world, tmp_path, index):
     run_git(work, "init", "-q")
     run_git(work, "add", "-A")
     run_git(work, "commit", "-qm", "pin")
-    (work / "python" / "pkg" / "mod.txt").write_text(_sub(mod, "m 15\n", "m fifteen\n"))
+    (work / "python" / "pkg" / "mod.txt").write_text(sub_once(mod, "m 15\n", "m fifteen\n"))
     body = run_git(work, "diff")
     (folder / "0001-mod.patch").write_text(f"From: t <t@example.invalid>\nSubject: [PATCH] mod\n\n---\n{body}")
     (folder / "series").write_text("[base]\n0001-mod.patch\n[gemma4]\n")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from conftest import numbered, run_git, tool
+from conftest import numbered, run_git, sub_once, tool
 
 from patchstack import diff, engine, merge
 from patchstack.trees import GitTree
@@ -22,28 +22,23 @@ BASE = {
 }
 
 
-def _sub(text: str, old: str, new: str) -> str:
-    assert old in text, old
-    return text.replace(old, new, 1)
-
-
 def _world(world):
     up = world.upstream("megatron", dict(BASE))
     patches = {
-        "0001-clean.patch": {"clean.py": _sub(BASE["clean.py"], "c 15\n", "c fifteen\n")},
-        "0002-offset.patch": {"offset.py": _sub(BASE["offset.py"], "o 15\n", "o fifteen\n")},
-        "0003-fuzzy.patch": {"fuzzy.py": _sub(BASE["fuzzy.py"], "f 15\n", "f fifteen\n")},
+        "0001-clean.patch": {"clean.py": sub_once(BASE["clean.py"], "c 15\n", "c fifteen\n")},
+        "0002-offset.patch": {"offset.py": sub_once(BASE["offset.py"], "o 15\n", "o fifteen\n")},
+        "0003-fuzzy.patch": {"fuzzy.py": sub_once(BASE["fuzzy.py"], "f 15\n", "f fifteen\n")},
         # Two changes four lines apart: one hunk whose middle context upstream changes.
-        "0004-merged.patch": {"merged.py": _sub(_sub(BASE["merged.py"], "m 12\n", "m twelve\n"),
+        "0004-merged.patch": {"merged.py": sub_once(sub_once(BASE["merged.py"], "m 12\n", "m twelve\n"),
                                                 "m 17\n", "m seventeen\n")},
-        "0005-done.patch": {"done.py": _sub(BASE["done.py"], "d 15\n", "d fifteen\n")},
-        "0006-renamed.patch": {"old_name.py": _sub(BASE["old_name.py"], "r 15\n", "r fifteen\n")},
-        "0007-gone.patch": {"gone.py": _sub(BASE["gone.py"], "g 15\n", "g fifteen\n")},
-        "0008-clash.patch": {"clash.py": _sub(BASE["clash.py"], "x 15\n", "x ours\n")},
+        "0005-done.patch": {"done.py": sub_once(BASE["done.py"], "d 15\n", "d fifteen\n")},
+        "0006-renamed.patch": {"old_name.py": sub_once(BASE["old_name.py"], "r 15\n", "r fifteen\n")},
+        "0007-gone.patch": {"gone.py": sub_once(BASE["gone.py"], "g 15\n", "g fifteen\n")},
+        "0008-clash.patch": {"clash.py": sub_once(BASE["clash.py"], "x 15\n", "x ours\n")},
     }
     for name, edits in patches.items():
         world.add_patch("megatron", name, up.diff(edits, subject=name[5:-6]))
-    ext = up.diff({"clean.py": _sub(BASE["clean.py"], "c 3\n", "c three\n")})
+    ext = up.diff({"clean.py": sub_once(BASE["clean.py"], "c 3\n", "c three\n")})
     world.upstream("slime", {"docker/megatron.patch": ext})
     world.add_external("megatron", "slime:docker/megatron.patch", hashlib.sha256(ext.encode()).hexdigest(),
                        group="gemma4")
@@ -51,12 +46,12 @@ def _world(world):
     run_git(up.path, "mv", "old_name.py", "new_name.py")
     new = up.commit({
         "offset.py": numbered(7, "new") + BASE["offset.py"],
-        "fuzzy.py": _sub(BASE["fuzzy.py"], "f 12\n", "f 12 changed\n"),
-        "merged.py": _sub(BASE["merged.py"], "m 14\n", "m 14 changed\n"),
-        "done.py": _sub(BASE["done.py"], "d 15\n", "d fifteen\n"),
+        "fuzzy.py": sub_once(BASE["fuzzy.py"], "f 12\n", "f 12 changed\n"),
+        "merged.py": sub_once(BASE["merged.py"], "m 14\n", "m 14 changed\n"),
+        "done.py": sub_once(BASE["done.py"], "d 15\n", "d fifteen\n"),
         "new_name.py": numbered(3, "moved") + BASE["old_name.py"],
         "gone.py": None,
-        "clash.py": _sub(BASE["clash.py"], "x 15\n", "x theirs\n"),
+        "clash.py": sub_once(BASE["clash.py"], "x 15\n", "x theirs\n"),
     }, "upstream moves on")
     return up, new
 

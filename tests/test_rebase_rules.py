@@ -40,7 +40,7 @@ def _sides(text: str) -> list[tuple[str, str, str]]:
 # ------------------------------------------------------------------ anchors
 
 
-def test_fuzzy_anchor_on_a_bracket_and_a_blank_line_is_refused():
+def test_fuzzy_anchor_on_a_bracket_and_a_blank_line_is_refused(tmp_path):
     # Like tokenizer_manager.py at old line 1510: with the context dropped, only `)` and a blank
     # line were left to say where the added lines go.
     old = ["def f():\n", "    record_first(\n", "        value,\n", "    )\n", "\n", "    finish_up()\n",
@@ -48,29 +48,22 @@ def test_fuzzy_anchor_on_a_bracket_and_a_blank_line_is_refused():
     patched = old[:4] + ["    record_second(value)\n"] + old[4:]
     new = ["def f():\n", "    if other:\n", "        rewritten(\n", "            value,\n", "    )\n", "\n",
            "    finish_differently()\n", "    more_changes()\n"]
-    h = diff.parse("p", file_patch_text("m.py", old, patched)).files[0].hunks[0]
+    h = diff.parse("p", file_patch(tmp_path, "m.py", "".join(old), "".join(patched)).encode()).files[0].hunks[0]
     no_alignment = [None] * len(old)  # upstream rewrote all of it: only matching lines could place the hunk
     pl = merge.place(h, [x.encode() for x in old], [x.encode() for x in new], no_alignment, 0)
     assert pl.status == merge.CONFLICT
     assert "only blank lines, brackets" in pl.reason
 
 
-def test_fuzzy_anchor_on_a_meaningful_line_still_places():
+def test_fuzzy_anchor_on_a_meaningful_line_still_places(tmp_path):
     old = ["def f():\n", "    record_first(\n", "        value,\n", "    )\n", "    finish_up()\n", "    more()\n",
            "    end()\n"]
     patched = old[:4] + ["    record_second(value)\n"] + old[4:]
     new = ["def f():\n", "    record_first(\n", "        value,\n", "    )\n", "    finish_up()\n", "    other()\n",
            "    end2()\n"]
-    h = diff.parse("p", file_patch_text("m.py", old, patched)).files[0].hunks[0]
+    h = diff.parse("p", file_patch(tmp_path, "m.py", "".join(old), "".join(patched)).encode()).files[0].hunks[0]
     pl = merge.place(h, [x.encode() for x in old], [x.encode() for x in new], [None] * len(old), 0)
     assert pl.status == merge.FUZZY and b"    record_second(value)\n" in pl.lines
-
-
-def file_patch_text(path: str, old: list[str], patched: list[str]) -> bytes:
-    import difflib
-
-    body = "".join(difflib.unified_diff(old, patched, f"a/{path}", f"b/{path}"))
-    return f"diff --git a/{path} b/{path}\n{body}".encode()
 
 
 # ------------------------------------------------------------------ verification

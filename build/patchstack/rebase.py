@@ -218,8 +218,7 @@ def _pending(patch: diff.Patch, rows: list[dict], checker: Checker) -> None:
     added = lambda h: [t for k, t in h.lines if k == "+"]  # noqa: E731
     only = verify.bound_words([t for h, _ in conflicts for t in added(h)])
     only -= verify.bound_words([t for h, _ in placed for t in added(h)], attributes=False)
-    if checker.trees is not None:
-        only -= checker._present(1, only)
+    only -= checker.in_new_tree(only)
     if not only:
         return
     where = {w: sorted({f"{r['file'].rsplit('/', 1)[-1]}:{r['old_start']}" for h, r in conflicts
@@ -391,6 +390,10 @@ class Checker:
     def _present(self, which: int, words: set[str]) -> set[str]:
         t = self.trees[which]  # type: ignore[index]
         return words & tree_words(t.git_dir, t.commit)
+
+    def in_new_tree(self, words: set[str]) -> set[str]:
+        """Those of `words` that some Python file of upstream's new tree has (none without trees)."""
+        return set() if self.trees is None else self._present(1, words)
 
     def removed(self, words: set[str]) -> set[str]:
         if self.trees is None:
