@@ -255,3 +255,9 @@ def test_a_hunk_that_needs_a_conflicts_patch_side_says_so(tmp_path):
     first, user = rows
     assert first["status"] == "conflict" and conflicted == ["m.py"], rows
     assert user["status"] != "conflict" and "`time`" in user["depends_on"], rows
+
+
+def test_a_file_that_did_not_compile_before_is_reported_unverified(tmp_path):
+    old = "first line of text\nsecond line\nthird line\n"
+    rows, _, _ = _rebase(tmp_path, "m.py", old, old.replace("second line", "second changed line"), old)
+    assert rows[0]["status"] == "clean" and rows[0]["verified"].startswith("not checked"), rows

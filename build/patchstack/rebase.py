@@ -433,6 +433,8 @@ def _verify_file(path: str, placements: list, new_lines: list[bytes], before: tu
         placed = {k + 1 for k, who in enumerate(prov) if who is not None}
         found, note = verify.problems(b"".join(out), *before, removed_upstream=checker.removed, checked=placed,
                                       excused=excused, name=path)
+        if not found and note.startswith("not checked"):
+            return note  # the file did not compile before the rebase either: nothing was verified
         if not found:
             # What is right only thanks to a conflict's patch side: say so on the hunks that use it.
             if excused:
