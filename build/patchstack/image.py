@@ -489,18 +489,10 @@ SMOKE_SUITE = "bookworm"
 SMOKE_PACKAGES = "python3,git,ca-certificates"
 
 
-def smoke_base(manifest: Manifest, out=print) -> str:
-    """A stand-in for the SGLang image: Debian with Python and git, and SGLang's sources from the
-    PyPI sdist as a git checkout at /sgl-workspace/sglang. Made once, then reused by its tag."""
-    sgl = sources.source(manifest.upstream("sglang"), prefer_sdist=True)
-    tag = f"{NAME}-smoke-base:{SMOKE_SUITE}-sglang-{sgl.commit[:12]}"
-    c = client()
-    try:
-        c.images.get(tag)
-        out(f"smoke base {tag}: already built")
-        return tag
-    except Exception:  # noqa: BLE001 - docker.errors.ImageNotFound without importing docker here
-        pass
+def debian_rootfs(out=print) -> Path:
+    """Debian bookworm (minbase, with python3, git, ca-certificates) made by debootstrap from the
+    mirror apt uses here, once: kept in the source cache. The base of every image this project
+    makes without a registry (the smoke base, the Slurm test image)."""
     rootfs_cache = sources.cache_root() / "rootfs" / f"{SMOKE_SUITE}-minbase"
     if not (rootfs_cache / ".complete").exists():
         shutil.rmtree(rootfs_cache, ignore_errors=True)
@@ -515,6 +507,22 @@ def smoke_base(manifest: Manifest, out=print) -> str:
                              hint="apt-get install debootstrap; set DEBIAN_MIRROR to a reachable Debian mirror")
         (rootfs_cache / ".complete").write_text("ok\n")
         out(f"  done in {time.monotonic() - t:.0f} s")
+    return rootfs_cache
+
+
+def smoke_base(manifest: Manifest, out=print) -> str:
+    """A stand-in for the SGLang image: Debian with Python and git, and SGLang's sources from the
+    PyPI sdist as a git checkout at /sgl-workspace/sglang. Made once, then reused by its tag."""
+    sgl = sources.source(manifest.upstream("sglang"), prefer_sdist=True)
+    tag = f"{NAME}-smoke-base:{SMOKE_SUITE}-sglang-{sgl.commit[:12]}"
+    c = client()
+    try:
+        c.images.get(tag)
+        out(f"smoke base {tag}: already built")
+        return tag
+    except Exception:  # noqa: BLE001 - docker.errors.ImageNotFound without importing docker here
+        pass
+    rootfs_cache = debian_rootfs(out)
     staging = manifest.root / "out" / "image" / "smoke-rootfs"
     shutil.rmtree(staging, ignore_errors=True)
     staging.parent.mkdir(parents=True, exist_ok=True)
