@@ -12,6 +12,8 @@
 #                                      (every group unless GEMMA4 is given; versions: patches/matrix.toml)
 #   make image [GEMMA4=1] [TAG=...] [NAME=VALUE...]   the GPU image (needs a Docker engine)
 #   make image-smoke [GEMMA4=1]        offline smoke build of the same Dockerfile, checked inside
+#   make image-test IMAGE=... [TIER=static|gpu|rl] [GPUS=all|N|0,1]   the image's own tests, in it
+#                                      (SMOKE=1 [GEMMA4=1]: the smoke image); out/image-test/
 #   make inspect IMAGE=...             an image's provenance labels
 #   make push REGISTRY=... [GEMMA4=1]  push the image's tags
 #   make clean                         remove out/ and the tool's egg-info
@@ -34,7 +36,7 @@ ifeq ($(filter 0 1,$(GEMMA4)),)
 $(error GEMMA4 must be 0 or 1, not '$(GEMMA4)': GEMMA4=1 adds the Gemma4 patch groups)
 endif
 
-.PHONY: help venv sources check lint test clean distclean workspace export rebase matrix image image-smoke inspect push
+.PHONY: help venv sources check lint test clean distclean workspace export rebase matrix image image-smoke image-test inspect push
 
 # The targets and what they do: the comment block at the top of this file.
 help:
@@ -77,6 +79,9 @@ image: venv
 
 image-smoke: venv
 	$(TOOL) image-smoke $(SELECT) $(BUILD_ARGS) $(ARGS)
+
+image-test: venv
+	$(TOOL) image-test $(if $(IMAGE),'$(IMAGE)',$(if $(filter 1,$(SMOKE)),--smoke $(SELECT))) $(if $(TIER),--tier $(TIER)) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
 
 inspect: venv
 	$(TOOL) inspect $(IMAGE)

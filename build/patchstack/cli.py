@@ -224,6 +224,24 @@ def cmd_image_smoke(m, args) -> int:
     return 0
 
 
+def cmd_image_test(m, args) -> int:
+    from . import image, imagetest
+
+    target = args.image
+    if args.smoke:
+        if target:
+            raise StackError("image-test takes an image or --smoke, not both")
+        # the tag `make image-smoke` gives this checkout (same plan; the base is not part of the tag)
+        target = image.make_plan(m, gemma4=args.gemma4, smoke=True, base_image="-", offline=args.offline,
+                                 groups=_groups(m, args), allow_incomplete=True).tag
+    if not target:
+        raise StackError("image-test needs the image to test",
+                         hint="make image-test IMAGE=<tag> (make image prints the tag; docker images lists "
+                              "them), or SMOKE=1 [GEMMA4=1] for this checkout's smoke image")
+    out_dir = Path(args.out) if args.out else m.root / "out" / "image-test"
+    return imagetest.run(target, tier=args.tier, gpus=args.gpus, out_dir=out_dir)
+
+
 def cmd_inspect(m, args) -> int:
     from . import image
 
@@ -342,6 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_selection(p)
     _add_build_args(p)
     p.set_defaults(func=cmd_image_smoke)
+
+    p = sub.add_parser("image-test", help="run the image's own test suite in it (static, gpu, rl tiers): "
+                       "out/image-test/results.md and junit.xml")
+    p.add_argument("image", nargs="?", help="the image (tag or id)")
+    p.add_argument("--smoke", action="store_true", help="this checkout's smoke image (make image-smoke)")
+    p.add_argument("--tier", choices=["static", "gpu", "rl"],
+                   help="run this tier and those below it (default: rl on a host with GPUs, else static)")
+    p.add_argument("--gpus", help="GPUs for the container: all (default), a count, or ids like 0,1")
+    p.add_argument("--out", help="results folder (default: out/image-test)")
+    _add_selection(p)
+    p.set_defaults(func=cmd_image_test)
 
     p = sub.add_parser("inspect", help="print an image's provenance labels")
     p.add_argument("image")

@@ -272,6 +272,7 @@ def prepare_context(manifest: Manifest, plan: Plan, dest: Path, *, offline: bool
     shutil.copytree(Path(__file__).resolve().parent, stack / "build" / "patchstack",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(manifest.patches_dir, stack / "patches")
+    copy_suite(Path(__file__).resolve().parents[2], stack)  # the suite of the tool that runs
     req = b"# slime's requirements.txt: slime was left out of this build\n"
     for name, tp in plan.trees.items():
         if name == PATCHED_IN_BUILD:
@@ -291,6 +292,25 @@ def prepare_context(manifest: Manifest, plan: Plan, dest: Path, *, offline: bool
     (dest / "slime-requirements.txt").write_bytes(req)
     (dest / "plan.json").write_text(json.dumps({"tag": plan.tag, "labels": plan.labels}, indent=2))
     return dest
+
+
+# The image's own test suite (`make image-test`), and the files of the repository's tests it reuses
+# (the tiny Gemma4 configs and both models' builders, the SGLang model-class harness and its GPU
+# comparison), at the same relative paths, under /opt/gemma4-stack/tests.
+SUITE_FILES = ("tests/image", "tests/gemma4/g4util.py", "tests/sglang_gemma4/harness.py",
+               "tests/sglang_gemma4/gpu_check.py")
+
+
+def copy_suite(root: Path, stack: Path) -> None:
+    for rel in SUITE_FILES:
+        src, dst = root / rel, stack / rel
+        if not src.exists():
+            raise StackError(f"{src} is missing: the image's test suite cannot be copied into the context")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copyfile(src, dst)
 
 
 def _prepared_tree(manifest: Manifest, plan: Plan, name: str, src: sources.Source, offline: bool) -> Path:
