@@ -220,3 +220,17 @@ def test_without_gpus_only_the_static_tier_runs_and_the_others_are_said():
 def test_image_test_names_what_it_needs():
     code, _, err = tool("image-test")
     assert code == 2 and "IMAGE=<tag>" in err
+
+
+def test_a_tree_left_out_of_a_smoke_image_is_skipped_by_name(fake_image, tmp_path):
+    img, plan, _ = fake_image
+    empty = tmp_path / "left-out-slime"
+    empty.mkdir()
+    (empty / "LEFT-OUT").write_text("slime was left out of this image: slime: cannot reach github.com\n")
+    img.trees["slime"] = empty
+    got = _static(img)
+    for name in ("slime tree at its pin", "slime series applied"):
+        assert got[name].status == report.SKIP and "cannot reach github.com" in got[name].detail
+    # the labels of a complete build say "applied": the label check sees the tree is not there
+    r = got["labels agree with the image"]
+    assert r.status == report.FAIL and "slime.status" in r.detail and "LEFT-OUT" in r.detail

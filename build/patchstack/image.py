@@ -295,10 +295,9 @@ def prepare_context(manifest: Manifest, plan: Plan, dest: Path, *, offline: bool
 
 
 # The image's own test suite (`make image-test`), and the files of the repository's tests it reuses
-# (the tiny Gemma4 configs and both models' builders, the SGLang model-class harness and its GPU
-# comparison), at the same relative paths, under /opt/gemma4-stack/tests.
-SUITE_FILES = ("tests/image", "tests/gemma4/g4util.py", "tests/sglang_gemma4/harness.py",
-               "tests/sglang_gemma4/gpu_check.py")
+# (the Megatron model's builders and loader, the harness that runs SGLang's model classes), at the
+# same relative paths, under /opt/gemma4-stack/tests.
+SUITE_FILES = ("tests/image", "tests/gemma4/g4util.py", "tests/sglang_gemma4/harness.py")
 
 
 def copy_suite(root: Path, stack: Path) -> None:

@@ -293,8 +293,21 @@ def check_series(img: Image, name: str) -> Result:
                       f"run `{shown}` in the image for the full message")
     rep = data["series"][0]
     entries = rep["entries"]
+    # what the build itself left out, as its labels say (an incomplete smoke image): skipped, by name
+    by_build = {}
+    status = (img.labels or {}).get(f"{NS}.{name}.status", "applied")
+    if img.labels is not None and status != "applied":
+        built = {x.split(":", 1)[-1] for x in img.labels.get(f"{NS}.{name}.series", "").split(",") if x}
+        by_build = {e["name"]: status for e in entries if e["name"] not in built}
+    for e in entries:
+        if e["name"] in by_build and e["status"] != "applied":
+            e["status"], e["reason"] = "skipped", f"left out by the build: {by_build[e['name']]}"
     applied = [e["name"] for e in entries if e["status"] == "applied"]
-    skipped = [f"{e['name']} ({e['reason'] or rep['reason']})" for e in entries if e["status"] == "skipped"]
+    why: dict[str, list[str]] = {}  # reason -> entries, so that a shared reason is said once
+    for e in entries:
+        if e["status"] == "skipped":
+            why.setdefault(e["reason"] or rep["reason"], []).append(e["name"])
+    skipped = [f"{', '.join(names)} ({reason})" for reason, names in why.items()]
     wrong = [f"{e['name']} ({e['status']}{': ' + e['reason'] if e['reason'] else ''})"
              for e in entries if e["status"] not in ("applied", "skipped")]
     pin = rep["pin"][:12]
@@ -320,7 +333,7 @@ out = {}
 for m in sys.argv[1:]:
     try:
         mod = importlib.import_module(m)
-        out[m] = {"ok": True, "file": getattr(mod, "__file__", None) or str(list(getattr(mod, "__path__", []))[:1])}
+        out[m] = {"ok": True, "file": getattr(mod, "__file__", None) or next(iter(getattr(mod, "__path__", [])), "")}
     except BaseException as e:
         out[m] = {"ok": False, "error": f"{type(e).__name__}: {e}",
                   "missing": getattr(e, "name", None) if isinstance(e, ModuleNotFoundError) else None}
@@ -344,8 +357,10 @@ def check_import(img: Image, component: str, modules: list[str], pin_name: str |
     if img.dist_path is not None:
         env["PYTHONPATH"] = os.pathsep.join(img.dist_path)
     try:
+        # from a neutral folder: `python -c` puts the working folder first on sys.path, and a tree's
+        # parent (/root, with slime/ in it) would import as a namespace package
         p = subprocess.run([sys.executable, "-c", _IMPORT_PROBE, *modules], capture_output=True, text=True,
-                           env=env, timeout=600)
+                           env=env, timeout=600, cwd=tempfile.gettempdir())
         got = json.loads(p.stdout.strip().splitlines()[-1])
     except subprocess.TimeoutExpired:
         return Result(TIER, label, component, FAIL, f"importing {', '.join(modules)} took over 600 s", pin,

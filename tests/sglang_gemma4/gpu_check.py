@@ -36,6 +36,7 @@ LENGTHS, STEPS, CHUNK = ((20, 13), 3, 8) if SMOKE else ((160, 97), 24, 48)
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "gemma4"))
+sys.path.insert(0, str(HERE.parent / "image"))  # gap.py: the gap's figures and bound, shared with make image-test
 
 import torch  # noqa: E402
 
@@ -44,6 +45,7 @@ import harness  # noqa: E402
 harness.setup_sglang()
 
 import g4util  # noqa: E402
+import gap  # noqa: E402
 from sglang.srt.configs.gemma4 import Gemma4TextConfig  # noqa: E402
 from sglang.srt.models.gemma4_causal import Gemma4ForCausalLM  # noqa: E402
 
@@ -112,11 +114,6 @@ def fp32_parity(kind, out):
     out.write(json.dumps(rec) + "\n")
 
 
-def logprobs(logits, seq):
-    lp = torch.log_softmax(logits.double(), dim=-1)
-    return lp[:-1].gather(-1, torch.tensor(seq[1:], device=lp.device)[:, None])[:, 0]
-
-
 def bf16_gap(kind, out):
     cfg = CONFIGS[kind]
     hf = g4util.hf_model(cfg)
@@ -131,20 +128,15 @@ def bf16_gap(kind, out):
     runner = harness.CpuModelRunner(sgl, kv_pool="swa", max_total_tokens=2048, context_len=1024)
     ss = seqs(cfg["vocab_size"])
     pre = runner.prefill(ss)
-    gaps, sgl_ref, train_ref = [], [], []
+    rollout, training, reference = [], [], []
     for s, l in zip(ss, pre.logits):
         with torch.no_grad():
             train = mcore(input_ids=torch.tensor([s], device=DEV), position_ids=None, attention_mask=None)[0]
-        r = logprobs(hf_logits(ref, s), s)
-        a, b = logprobs(l, s), logprobs(train.float(), s)
-        gaps.append((a - b).abs())
-        sgl_ref.append((a - r).abs())
-        train_ref.append((b - r).abs())
-    g, sr, tr = torch.cat(gaps), torch.cat(sgl_ref), torch.cat(train_ref)
-    rec = dict(check="bf16_logprob_gap", kind=kind, tokens=int(g.numel()),
-               rollout_vs_train_mean=float(g.mean()), rollout_vs_train_max=float(g.max()),
-               rollout_vs_fp32_mean=float(sr.mean()), rollout_vs_fp32_max=float(sr.max()),
-               train_vs_fp32_mean=float(tr.mean()), train_vs_fp32_max=float(tr.max()))
+        reference.append(gap.token_logprobs(hf_logits(ref, s), s))
+        rollout.append(gap.token_logprobs(l, s))
+        training.append(gap.token_logprobs(train.float(), s))
+    rec = dict(check="bf16_logprob_gap", kind=kind, **gap.record(rollout, training, reference))
+    rec["within_bound"], rec["verdict"] = gap.verdict(rec)
     print(json.dumps(rec), flush=True)
     out.write(json.dumps(rec) + "\n")
     runner.release(pre.reqs)
