@@ -254,12 +254,8 @@ def main(argv=None) -> int:
 
     g4util.init_single_rank()
     attention = "reference" if dev == "cpu" else "flash"
-    try:
-        import transformer_engine  # noqa: F401
-
-        te_why = ""
-    except ImportError as e:
-        te_why = f"Transformer Engine is not installed here ({e})"
+    te_why = "" if importlib.util.find_spec("transformer_engine") is not None else \
+        "Transformer Engine is not installed here (no module transformer_engine)"
 
     for kind in kinds:
         dest, conf, state = ckpts[kind]

@@ -1,0 +1,221 @@
+"""The rl tier (1 GPU used; colocated): one RL step on the tiny checkpoint built from the stack's own
+parts, in one process on one GPU, as slime colocates them:
+
+1. rollout: SGLang's engine (`sglang.Engine`, Triton attention) samples continuations of a few
+   prompts, with their log-probabilities;
+2. train step: our Megatron Gemma4 (the `te` spec where Transformer Engine is installed, else
+   `local`; fp32 master weights) takes one Adam step of a policy-gradient loss on those samples
+   (reward: the share of even token ids, a stand-in with a gradient);
+3. weight update: every parameter through the converter slime's weight sync uses (`Gemma4ToHF`)
+   into the engine (`update_weights_from_tensor`, the call slime's colocated sync makes);
+4. second rollout: the engine scores the same tokens again.
+
+The update arrived when, after it, SGLang agrees with the trained model about as well as it agreed
+with the untrained one before the step (mean |log p| difference no more than 1.5 x, plus 0.01),
+while the step moved the model's log-probabilities by at least twice that agreement: stale weights
+would leave SGLang as far from the trained model as the step moved it.
+
+What this is not: slime's own `train.py` loop (Ray actors, its data and reward plumbing, its
+bucketed CUDA-IPC sync, routing replay set up by its actor). That step needs the Gemma4 RL recipe
+(run scripts, tokenizer, loss mask) and is reported as not written yet; routing replay likewise.
+
+    python3 rl.py --work DIR --results DIR/rl.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STACK = HERE.parents[1]
+TIER = "rl"
+KINDS = ("dense", "moe")
+NOT_YET = ("needs the Gemma4 RL recipe for slime (run scripts, tokenizer on transformers 4.57.1, loss "
+           "mask), which is not in this stack yet")
+
+
+def run(img, rep, work: Path, gpus: int) -> None:
+    """The worker in its own process; its lines become results (as gpu.run)."""
+    import subprocess
+
+    from report import FAIL, SKIP, Result
+
+    rep.add(Result(TIER, "slime train.py step", "slime", SKIP, f"not written: {NOT_YET}"))
+    rep.add(Result(TIER, "routing replay (moe)", "slime", SKIP,
+                   "slime sets routing replay up inside its training actor; the step below does not run "
+                   f"slime's loop ({NOT_YET})"))
+    lines = work / "rl.jsonl"
+    lines.unlink(missing_ok=True)
+    env = dict(os.environ)
+    env.setdefault("GEMMA4_SLIME_TREE", str(img.trees["slime"]))
+    env.setdefault("GEMMA4_MEGATRON_TREE", str(img.trees["megatron"]))
+    env.setdefault("CUDA_VISIBLE_DEVICES", "0")  # colocated on one GPU, whatever the node has
+    p = subprocess.run([sys.executable, str(HERE / "rl.py"), "--work", str(work), "--results", str(lines)],
+                       env=env, capture_output=True, text=True)
+    (work / "rl.log").write_text(p.stdout + "\n--- stderr ---\n" + p.stderr)
+    n = 0
+    if lines.exists():
+        for line in lines.read_text().splitlines():
+            d = json.loads(line)
+            n += 1
+            rep.add(Result(TIER, d["name"], d["component"], d["status"], d["detail"], d.get("pin", ""),
+                           d.get("todo", ""), d.get("seconds", 0.0), d.get("figures", {})))
+    if p.returncode != 0:
+        tail = " | ".join(p.stderr.strip().splitlines()[-4:]) or "no output"
+        rep.add(Result(TIER, "rl tier worker", "rl tier", FAIL, f"the worker exited {p.returncode} having "
+                       f"reported {n} checks: {tail}", "", f"read {work / 'rl.log'}"))
+
+
+def mean_abs(a, b) -> float:
+    import torch
+
+    return float(torch.cat([(x.double().cpu() - y.double().cpu()).abs() for x, y in zip(a, b)]).mean())
+
+
+def arrived(before_gap: float, after_gap: float, moved: float, stale: float) -> tuple[bool, str]:
+    """The update arrived: SGLang agrees with the trained model after the sync about as well as with
+    the untrained one before (1.5 x + 0.01), and the step moved the model by twice that."""
+    limit = 1.5 * before_gap + 0.01
+    ok = after_gap <= limit and moved >= 2 * limit
+    text = (f"mean |log p| SGLang vs Megatron: before the step {before_gap:.4f}, after the sync {after_gap:.4f} "
+            f"(limit {limit:.4f}); the step moved Megatron's by {moved:.4f} (needs >= {2 * limit:.4f}); "
+            f"SGLang after vs before {stale:.4f}")
+    return ok, text
+
+
+def logprobs(model, seqs, device, grad=False):
+    """Our Megatron model's log p of every token after the first, one tensor per sequence."""
+    import torch
+
+    out = []
+    with torch.set_grad_enabled(grad):
+        for s in seqs:
+            logits = model(input_ids=torch.tensor([s], device=device), position_ids=None, attention_mask=None)[0]
+            lp = torch.log_softmax(logits.float(), -1)[:-1].gather(-1, torch.tensor(s[1:], device=device)[:, None])[:, 0]
+            out.append(lp if grad else lp.detach())
+    return out
+
+
+def train_step(model, seqs, prompt_len: int, device, lr: float) -> float:
+    """One Adam step of a policy-gradient loss on the sampled continuations (reward: the share of
+    even token ids, normalised across the samples); returns the loss."""
+    import torch
+
+    gen = [s[prompt_len:] for s in seqs]
+    reward = torch.tensor([sum(t % 2 == 0 for t in g) / max(len(g), 1) for g in gen], device=device)
+    adv = (reward - reward.mean()) / (reward.std() + 1e-6)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    lps = logprobs(model, seqs, device, grad=True)
+    loss = -sum(adv[i] * lps[i][prompt_len - 1:].sum() for i in range(len(seqs))) / len(seqs)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
+def sync_payload(model, conf: dict, dtype=None) -> list:
+    """Every parameter through the converter slime's weight sync uses: (HF name, tensor) pairs."""
+    from slime_plugins.models.gemma4.config import read_settings
+    from slime_plugins.models.gemma4.weights import Gemma4ToHF
+
+    conv = Gemma4ToHF(read_settings(conf))
+    named = []
+    for pname, p in model.named_parameters():
+        for n, t in conv.convert(pname, p.detach()):
+            named.append((n, t.to(dtype) if dtype is not None else t))
+    if conv.pending:
+        raise RuntimeError(f"the converter kept experts back: {conv.pending}")
+    return named
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--lr", type=float, default=1e-2)
+    a = ap.parse_args(argv)
+    work = Path(a.work)
+    sys.path[:0] = [str(HERE), str(STACK / "tests" / "gemma4")]
+    from gpu import Out, megatron
+
+    out = Out(Path(a.results))
+    import importlib.util
+
+    import torch
+
+    missing = [m for m in ("sgl_kernel", "sglang") if importlib.util.find_spec(m) is None]
+    if missing or not torch.cuda.is_available():
+        why = f"{', '.join(missing)} not installed" if missing else "no CUDA device"
+        for kind in a.kinds.split(","):
+            out(f"colocated step {kind}", "SGLang engine + Megatron", "skip", f"{why}: SGLang's engine cannot run")
+        return 0
+
+    import ckpt
+    import g4util
+
+    backend = "te" if importlib.util.find_spec("transformer_engine") is not None else "local"
+    g4util.init_single_rank()
+    import sglang
+
+    for kind in a.kinds.split(","):
+        name = f"colocated step {kind}"
+        t0 = time.monotonic()
+        dest = work / "ckpt" / kind
+        if not (dest / "model.safetensors").exists():
+            ckpt.write(dest, kind)
+        conf, state = ckpt.read(dest)
+        engine = None
+        try:
+            engine = sglang.Engine(model_path=str(dest), attention_backend="triton", skip_tokenizer_init=True,
+                                   dtype="bfloat16", mem_fraction_static=0.3, context_length=1024,
+                                   cuda_graph_max_bs=8, random_seed=0, log_level="error")
+            g = torch.Generator().manual_seed(11)
+            prompts = [torch.randint(3, conf["vocab_size"], (24,), generator=g).tolist() for _ in range(4)]
+            got = engine.generate(input_ids=prompts, sampling_params=dict(max_new_tokens=16, temperature=1.0),
+                                  return_logprob=True)
+            seqs = [p + list(r["output_ids"]) for p, r in zip(prompts, got)]
+
+            def score():  # SGLang's log p of every token of the sequences after the first
+                res = engine.generate(input_ids=seqs, sampling_params=dict(max_new_tokens=1, temperature=0.0),
+                                      return_logprob=True, logprob_start_len=0)
+                return [torch.tensor([x[0] for x in r["meta_info"]["input_token_logprobs"][1:]]) for r in res]
+
+            sgl_before = score()
+            model = megatron(conf, state, torch.float32, backend, "cuda", "flash")
+            before = logprobs(model, seqs, "cuda")
+            loss = train_step(model, seqs, len(prompts[0]), "cuda", a.lr)
+            after = logprobs(model, seqs, "cuda")
+            named = sync_payload(model, conf, torch.bfloat16)
+            engine.update_weights_from_tensor(named_tensors=named, flush_cache=True)
+            sgl_after = score()
+
+            before_gap = mean_abs(sgl_before, before)
+            after_gap = mean_abs(sgl_after, after)
+            moved = mean_abs(after, before)
+            stale = mean_abs(sgl_after, sgl_before)
+            ok, text = arrived(before_gap, after_gap, moved, stale)
+            figures = dict(before_gap=before_gap, after_gap=after_gap, moved=moved, sglang_moved=stale,
+                           loss=loss, tensors_sent=len(named), backend=backend, lr=a.lr)
+            out(name, "SGLang engine + Megatron", "pass" if ok else "FAIL",
+                f"rollout of {len(seqs)} x 16 tokens, one Adam step ({backend} spec), {len(named)} tensors synced "
+                f"through Gemma4ToHF: {text}", figures=figures, seconds=time.monotonic() - t0,
+                todo="" if ok else "the weights SGLang serves after the sync are not the trained ones: compare "
+                "the converter's names with SGLang's load_weights (tests/sglang_gemma4/test_cross_engine.py)")
+        except Exception as e:  # noqa: BLE001
+            out(name, "SGLang engine + Megatron", "FAIL", f"{type(e).__name__}: {e}",
+                todo=f"see {work}/rl.log")
+        finally:
+            if engine is not None:
+                engine.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
