@@ -16,6 +16,10 @@
 #                                      (SMOKE=1 [GEMMA4=1]: the smoke image); out/image-test/
 #   make inspect IMAGE=...             an image's provenance labels
 #   make push REGISTRY=... [GEMMA4=1]  push the image's tags
+#   make slurm-script [IMAGE=<tag>] [VALUES=<file>] [SET='key=value ...']   the Slurm batch script
+#                                      (pyxis/enroot): out/cluster/gemma4.sbatch (docs/cluster.md)
+#   make k8s-manifests IMAGE=<tag> [VALUES=<file>] [SET='key=value ...']    the KubeRay RayJob,
+#                                      RayCluster and shared claim: out/cluster/k8s/
 #   make clean                         remove out/ and the tool's egg-info
 #   make distclean                     also the source cache and the smoke images and bases
 #
@@ -36,7 +40,7 @@ ifeq ($(filter 0 1,$(GEMMA4)),)
 $(error GEMMA4 must be 0 or 1, not '$(GEMMA4)': GEMMA4=1 adds the Gemma4 patch groups)
 endif
 
-.PHONY: help venv sources check lint test clean distclean workspace export rebase matrix image image-smoke image-test inspect push
+.PHONY: help venv sources check lint test clean distclean workspace export rebase matrix image image-smoke image-test inspect push slurm-script k8s-manifests
 
 # The targets and what they do: the comment block at the top of this file.
 help:
@@ -88,6 +92,15 @@ inspect: venv
 
 push: venv
 	$(TOOL) push $(SELECT) --registry $(REGISTRY) $(if $(TAG),--tag $(TAG))
+
+# The cluster launchers, from cluster/values.toml (or VALUES=<file>, SET='nodes=4 ...') and the
+# Dockerfile's Ray pin; IMAGE is the tag `make image` printed.
+CLUSTER_ARGS = $(if $(IMAGE),--image '$(IMAGE)') $(if $(VALUES),--values '$(VALUES)') $(foreach s,$(SET),--set '$(s)')
+slurm-script: venv
+	$(PY) cluster/render.py slurm $(CLUSTER_ARGS) $(ARGS)
+
+k8s-manifests: venv
+	$(PY) cluster/render.py k8s $(CLUSTER_ARGS) $(ARGS)
 
 lint: venv
 	$(TOOL) lint

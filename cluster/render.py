@@ -77,7 +77,9 @@ def load_values(path: Path | None = None, overrides: list[str] = (), image: str 
             raise ValuesError(f"--set {item!r}: expected KEY=VALUE")
         want = type(base.get(key.strip(), ""))
         try:
-            value = tomllib.loads(f"v = {text}")["v"] if want is not str else text
+            # strings as they are (a TOML-quoted one is unquoted), the rest as TOML values
+            quoted = want is str and text[:1] in ("'", '"')
+            value = tomllib.loads(f"v = {text}")["v"] if want is not str or quoted else text
         except tomllib.TOMLDecodeError:
             raise ValuesError(f"--set {item!r}: {text!r} is not a {want.__name__}") from None
         put(key.strip(), value, f"--set {item}")
