@@ -16,8 +16,13 @@ if [ -n "${WHEELS:-}" ]; then
   export PYTHONPATH=/tmp/image-test-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export SGLANG_HARNESS_STAND_INS=${SGLANG_HARNESS_STAND_INS-IPython,openai}  # packages SGLang only imports, absent there
-python3 tests/image/gpu.py --work "$OUT/work" --results "$OUT/gpu.jsonl" --controls > "$OUT/gpu.log" 2>&1
+[ "${SKIP_GPU:-0}" = 1 ] || python3 tests/image/gpu.py --work "$OUT/work" --results "$OUT/gpu.jsonl" --controls > "$OUT/gpu.log" 2>&1
 echo "gpu.py exit $?"
 grep '^\[gpu\]' "$OUT/gpu.log"
 cp "$OUT/work/controls.jsonl" "$OUT/" 2>/dev/null
 rm -rf "$OUT/work"
+# the rl tier's step, SGLang's model classes standing in for its engine (no sgl-kernel there)
+python3 tests/image/rl.py --work "$OUT/rlwork" --results "$OUT/rl.jsonl" --engine harness > "$OUT/rl.log" 2>&1
+echo "rl.py exit $?"
+grep '^\[rl\]' "$OUT/rl.log"; grep -i "error\|Traceback" "$OUT/rl.log" | tail -5
+rm -rf "$OUT/rlwork"

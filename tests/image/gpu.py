@@ -76,7 +76,8 @@ def run(img, rep, work: Path) -> None:
 
 
 class Out:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, tier: str = TIER):
+        self.tier = tier
         path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(path, "a")
 
@@ -85,7 +86,7 @@ class Out:
                  figures=figures or {}, seconds=round(seconds, 1))
         self.f.write(json.dumps(d) + "\n")
         self.f.flush()
-        print(f"[gpu] {status} {name}: {detail}", flush=True)
+        print(f"[{self.tier}] {status} {name}: {detail}", flush=True)
 
 
 def seqs(vocab: int, smoke: bool) -> list[list[int]]:

@@ -140,16 +140,21 @@ def main(argv=None) -> int:
     ap.add_argument("--results", required=True)
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--engine", choices=["server", "harness"], default="server",
+                    help="harness: SGLang's model classes in this process stand in for its engine (no sampling: "
+                         "random continuations), where sgl-kernel is missing (the GPU machine of this project)")
     a = ap.parse_args(argv)
     work = Path(a.work)
     sys.path[:0] = [str(HERE), str(STACK / "tests" / "gemma4")]
     from gpu import Out, megatron
 
-    out = Out(Path(a.results))
+    out = Out(Path(a.results), TIER)
     import importlib.util
 
     import torch
 
+    if a.engine == "harness":
+        return harness_steps(a, out, work)
     missing = [m for m in ("sgl_kernel", "sglang") if importlib.util.find_spec(m) is None]
     if missing or not torch.cuda.is_available():
         why = f"{', '.join(missing)} not installed" if missing else "no CUDA device"
@@ -214,6 +219,63 @@ def main(argv=None) -> int:
         finally:
             if engine is not None:
                 engine.shutdown()
+    return 0
+
+
+def harness_steps(a, out, work: Path) -> int:
+    """The same step with SGLang's model classes (tests/sglang_gemma4/harness.py, Triton kernels
+    compiled, other ops native) in place of the engine: no sampling, so the continuations are random
+    tokens; the step, the sync payload and the rescoring are the engine run's."""
+    import importlib.util
+
+    import torch
+
+    sys.path.insert(0, str(STACK / "tests" / "sglang_gemma4"))
+    os.environ.setdefault("SGLANG_HARNESS_DEVICE", "cuda")
+    import harness
+
+    harness.setup_sglang()
+    import ckpt
+    import g4util
+    from gap import token_logprobs
+    from gpu import megatron
+    from sglang.srt.configs.gemma4 import Gemma4TextConfig
+    from sglang.srt.models.gemma4_causal import Gemma4ForCausalLM
+
+    backend = "te" if importlib.util.find_spec("transformer_engine") is not None else "local"
+    g4util.init_single_rank()
+    for kind in a.kinds.split(","):
+        t0 = time.monotonic()
+        dest = work / "ckpt" / kind
+        if not (dest / "model.safetensors").exists():
+            ckpt.write(dest, kind)
+        conf, state = ckpt.read(dest)
+        g = torch.Generator().manual_seed(11)
+        seqs = [torch.randint(3, conf["vocab_size"], (40,), generator=g).tolist() for _ in range(4)]
+        sgl = harness.build_model(Gemma4ForCausalLM, Gemma4TextConfig(**conf), torch.bfloat16, state)
+
+        def score():
+            runner = harness.CpuModelRunner(sgl, kv_pool="swa", max_total_tokens=2048, context_len=1024)
+            pre = runner.prefill(seqs)
+            runner.release(pre.reqs)
+            return [token_logprobs(lg.float(), s).cpu() for s, lg in zip(seqs, pre.logits)]
+
+        sgl_before = score()
+        model = megatron(conf, state, torch.float32, backend, "cuda", "flash")
+        before = logprobs(model, seqs, "cuda")
+        loss = train_step(model, seqs, 24, "cuda", a.lr)
+        after = logprobs(model, seqs, "cuda")
+        named = sync_payload(model, conf, torch.bfloat16)
+        sgl.load_weights(named)
+        sgl_after = score()
+        before_gap, after_gap = mean_abs(sgl_before, before), mean_abs(sgl_after, after)
+        moved, stale = mean_abs(after, before), mean_abs(sgl_after, sgl_before)
+        ok, text = arrived(before_gap, after_gap, moved, stale)
+        out(f"colocated step {kind} (SGLang model classes)", "SGLang Gemma4 + Megatron", "pass" if ok else "FAIL",
+            f"one Adam step ({backend} spec), {len(named)} tensors through Gemma4ToHF into SGLang's model "
+            f"classes (bf16): {text}", figures=dict(before_gap=before_gap, after_gap=after_gap, moved=moved,
+                                                      sglang_moved=stale, loss=loss, backend=backend, lr=a.lr),
+            seconds=time.monotonic() - t0)
     return 0
 
 
