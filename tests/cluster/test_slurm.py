@@ -9,7 +9,6 @@ Skipped with the reason where there is no Docker engine or no debootstrap."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import sys
@@ -170,11 +169,16 @@ def test_a_run_completes_on_both_nodes_with_the_dashboard_on_loopback_and_a_toke
 
 
 def test_a_failing_run_script_fails_the_job_with_its_exit_code(cluster):
+    """Also the head's address from an interface (HEAD_IFACE), as on nodes with several networks."""
     c = cluster
-    job = submit(c, script(c, "fail.sbatch"), FAKE_EXIT="7")
+    job = submit(c, script(c, "fail.sbatch"), FAKE_EXIT="7", HEAD_IFACE="eth0")
     info = c.wait(job)
-    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "7:0"), c.output(job)
-    assert "the run script exited with 7" in c.output(job)
+    out = c.output(job)
+    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "7:0"), out
+    assert "the run script exited with 7" in out
+    assert f"head n1 at {c.ip('n1')} (from interface eth0)" in out
+    env = (c.shared / "checkpoints" / "gemma4-31B" / f"driver-env-{job}.txt").read_text()
+    assert f"MASTER_ADDR={c.ip('n1')}\n" in env
     assert_nothing_left(c)
 
 
@@ -238,7 +242,6 @@ def test_two_jobs_at_once_on_the_same_nodes_do_not_collide(cluster):
     assert_nothing_left(c)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="reads the nodes' files as root")
 def test_the_test_plugin_records_only_the_flags_a_step_was_given(cluster):
     """The pyxis stand-in itself: a step without container flags leaves no record, one with them a
     line with exactly those flags, on the node it ran on."""
