@@ -206,6 +206,16 @@ def test_an_image_with_another_ray_version_fails_the_job(cluster):
     assert_nothing_left(c)
 
 
+def test_a_cancelled_job_leaves_nothing_running(cluster):
+    c = cluster
+    job = submit(c, script(c, "cancel.sbatch"), FAKE_HOLD=f"{SHARED}/hold-cancel")
+    wait_for(lambda: (c.shared / "hold-cancel.waiting").exists(), "the run script to start", job=job, c=c)
+    c.exec("n1", "scancel", str(job))
+    info = c.wait(job, timeout=120)
+    assert info["JobState"] == "CANCELLED", c.output(job)
+    assert_nothing_left(c)
+
+
 def test_a_loopback_head_address_is_refused_before_anything_starts(cluster):
     c = cluster
     job = submit(c, script(c, "loop.sbatch"), HEAD_IP="127.0.0.1")
