@@ -11,6 +11,7 @@ OUT/results.jsonl.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -95,7 +96,7 @@ def run(image: str, *, tier: str | None, gpus: str | None, out_dir: Path, out=pr
     out(f"image-test: {image}: tier {run_tier}" + (f" on {n_gpus} GPU(s)" if n_gpus else "")
         + "".join(f"; tier {t} NOT RUN: {w}" for t, w in not_run.items()))
     out(f"image-test: docker run --network none {'--gpus ' + (gpus or 'all') + ' ' if n_gpus else ''}"
-        f"-v {out_dir.resolve()}:{MOUNT} {image} {' '.join(cmd)}")
+        f"-v {out_dir.resolve()}:{MOUNT} {image} {shlex.join(cmd)}")
     c = image_mod.client()
     ctr = c.containers.run(image, cmd, **kwargs)
     try:

@@ -165,7 +165,7 @@ def serve(ckpt: Path, log: Path, ss: list[list[int]], max_new: int = 8, wait_s: 
                 time.sleep(2)
         ready = time.monotonic() - t0
         _, got = http(f"http://127.0.0.1:{port}/generate", dict(
-            input_ids=ss, sampling_params=dict(max_new_tokens=max_new, temperature=0.0),
+            input_ids=ss, sampling_params=dict(max_new_tokens=max_new, temperature=0.0, ignore_eos=True),
             return_logprob=True, logprob_start_len=0), timeout=300)
         return got, ready
     finally:

@@ -183,7 +183,7 @@ def main(argv=None) -> int:
                                    cuda_graph_max_bs=8, random_seed=0, log_level="error")
             g = torch.Generator().manual_seed(11)
             prompts = [torch.randint(3, conf["vocab_size"], (24,), generator=g).tolist() for _ in range(4)]
-            got = engine.generate(input_ids=prompts, sampling_params=dict(max_new_tokens=16, temperature=1.0),
+            got = engine.generate(input_ids=prompts, sampling_params=dict(max_new_tokens=16, temperature=1.0, ignore_eos=True),
                                   return_logprob=True)
             seqs = [p + list(r["output_ids"]) for p, r in zip(prompts, got)]
 

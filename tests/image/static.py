@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -278,8 +279,7 @@ def check_series(img: Image, name: str) -> Result:
     import patchstack
 
     cmd = ["check", name, "--tree", str(path), "--expect", "applied", "--json"] + (["--gemma4"] if img.gemma4 else [])
-    env = dict(os.environ, PATCHSTACK_ROOT=str(img.stack), PYTHONPATH=str(Path(patchstack.__file__).parents[1]),
-               PATCHSTACK_CACHE=tempfile.mkdtemp(prefix="image-test-cache-"))
+    env = dict(os.environ, PATCHSTACK_ROOT=str(img.stack), PYTHONPATH=str(Path(patchstack.__file__).parents[1]))
     for other, p in img.trees.items():  # external patches are read from the trees in the image
         if (p / ".git").exists() and left_out(p) is None:
             env[img.manifest.upstream(other).env_git] = str(p)
@@ -457,13 +457,25 @@ def check_labels(img: Image) -> Result:
 
 
 def run(img: Image, rep) -> None:
-    env = {}
+    env = {"PATCHSTACK_CACHE": tempfile.mkdtemp(prefix="image-test-cache-")}
     for name in img.manifest.upstreams:  # external patches are read from the trees in the image
         p = img.trees[name]
         if (p / ".git").exists() and left_out(p) is None:
             env[img.manifest.upstream(name).env_git] = str(p)
+    saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    os.environ.setdefault("PATCHSTACK_CACHE", tempfile.mkdtemp(prefix="image-test-cache-"))
+    try:
+        _run(img, rep)
+    finally:  # the caller's environment as it was (the tests run this in-process)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(env["PATCHSTACK_CACHE"], ignore_errors=True)
+
+
+def _run(img: Image, rep) -> None:
     for name in img.manifest.upstreams:
         rep.run(TIER, f"{name} tree at its pin", name, lambda n=name: check_tree_pin(img, n))
         rep.run(TIER, f"{name} series applied", name, lambda n=name: check_series(img, n))

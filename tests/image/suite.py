@@ -60,7 +60,7 @@ def parse_args(argv):
                     help="where an upstream's tree is (default: its image_path in patches/pins.toml)")
     ap.add_argument("--not-run", action="append", default=[], metavar="TIER=WHY",
                     help="a tier the driver did not ask for, and why (reported in the results)")
-    ap.add_argument("--gpus", type=int, help="GPUs the rl tier may use (default: every GPU visible)")
+    ap.add_argument("--gpus", type=int, help="GPUs the driver gave the container (reported; the rl step is colocated on one)")
     return ap.parse_args(argv)
 
 
