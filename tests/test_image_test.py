@@ -234,3 +234,27 @@ def test_a_tree_left_out_of_a_smoke_image_is_skipped_by_name(fake_image, tmp_pat
     # the labels of a complete build say "applied": the label check sees the tree is not there
     r = got["labels agree with the image"]
     assert r.status == report.FAIL and "slime.status" in r.detail and "LEFT-OUT" in r.detail
+
+
+def test_the_smoke_check_holds_a_tree_patched_in_part_to_the_plan(world, monkeypatch):
+    """An incomplete smoke build (slime unreachable, so megatron's series, read from slime, is
+    left out): the in-container report is compared with the plan, entry by entry."""
+    _stack(world)
+    monkeypatch.setenv("UPSTREAM_SLIME_GIT", str(world.tmp / "nowhere"))
+    plan = image.make_plan(manifest.load(), gemma4=True, smoke=True, base_image="b", commit="x",
+                           allow_incomplete=True)
+    tp = plan.trees["megatron"]
+    assert tp.included and tp.left_out == ["slime:docker/megatron.patch"]
+
+    def logs(status: str) -> str:
+        rep = {"series": [{"entries": [{"name": "slime:docker/megatron.patch", "status": status}]}]}
+        return "megatron v1 ...\nPARTIAL megatron " + json.dumps(rep) + "\n"
+
+    assert image._check_partial(plan, logs("skipped")) == []  # left out, as planned
+    assert image._check_partial(plan, logs("fits")) == []  # not applied: the build left it out
+    wrong = image._check_partial(plan, logs("applied"))
+    assert wrong == ["megatron: slime:docker/megatron.patch is applied, but the plan left it out"]
+    tp.entries.append(("base", "slime:docker/megatron.patch", "0" * 64))
+    tp.left_out.clear()
+    assert image._check_partial(plan, logs("fits")) == ["megatron: slime:docker/megatron.patch is fits, not applied"]
+    assert "no report" in image._check_partial(plan, "PARTIAL megatron not json\n")[0]
