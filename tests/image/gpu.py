@@ -254,6 +254,10 @@ def main(argv=None) -> int:
     import g4util
 
     g4util.init_single_rank()
+    if torch.cuda.is_available():  # Transformer Engine's modules initialise under Megatron's CUDA RNG tracker
+        from megatron.core import tensor_parallel
+
+        tensor_parallel.model_parallel_cuda_manual_seed(0)
     attention = "reference" if dev == "cpu" else "flash"
     te_why = "" if importlib.util.find_spec("transformer_engine") is not None else \
         "Transformer Engine is not installed here (no module transformer_engine)"

@@ -167,6 +167,10 @@ def main(argv=None) -> int:
 
     backend = "te" if importlib.util.find_spec("transformer_engine") is not None else "local"
     g4util.init_single_rank()
+    if torch.cuda.is_available():  # Transformer Engine's modules initialise under Megatron's CUDA RNG tracker
+        from megatron.core import tensor_parallel
+
+        tensor_parallel.model_parallel_cuda_manual_seed(0)
     import sglang
 
     for kind in a.kinds.split(","):
