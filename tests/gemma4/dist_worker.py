@@ -1,6 +1,6 @@
 """Two CPU ranks (gloo) running the Gemma4 Megatron model against transformers.
 
-    python dist_worker.py {tp|cp|ep|sp|replay} PORT RESULT_JSON   (ep, sp, replay: GEMMA4_DIST_DEVICE=cuda, 2 GPUs)
+    python dist_worker.py {tp|cp|ep|sp|replay|epsync} PORT RESULT_JSON   (ep, sp, replay: GEMMA4_DIST_DEVICE=cuda, 2 GPUs)
 
 tp: tensor parallel 2, weights sharded by the converter, logits and every gradient
     (gathered and merged as slime gathers them) against transformers.
@@ -211,6 +211,149 @@ def run_ep(rank, result):
     result["ep_worst"] = sorted(errors.items(), key=lambda kv: -kv[1][0])[:4]
 
 
+def _grouped_stand_in(model, settings, hf_state, rank):
+    """The model with its experts named as the te spec's TEGroupedMLP names them
+    (mlp.experts.linear_fc1.weight{j}), built from the same checkpoint by our loader's grouped
+    layout: Transformer Engine is not here, and slime's weight sync reads only names and tensors."""
+    from slime_plugins.models.gemma4.weights import Gemma4WeightMap, Parallel
+
+    root = torch.nn.Module()
+    root.config = model.config
+
+    def put(name, tensor, like=None):
+        *path, leaf = name.split(".")
+        node = root
+        for part in path:
+            if not hasattr(node, part):
+                node.add_module(part, torch.nn.Module())
+            node = getattr(node, part)
+        param = torch.nn.Parameter(tensor.detach().clone(), requires_grad=False)
+        for attr in ("tensor_model_parallel", "partition_dim", "partition_stride", "parallel_mode"):
+            if like is not None and hasattr(like, attr):
+                setattr(param, attr, getattr(like, attr))
+        node.register_parameter(leaf, param)
+
+    for name, p in model.named_parameters():
+        if ".experts." not in name:
+            put(name, p.data, like=p)
+    grouped = Gemma4WeightMap(settings, expert_layout="grouped")
+    for name, t in grouped.hf_to_mcore(lambda k: hf_state[k], Parallel(ep_size=WORLD, ep_rank=rank)):
+        if ".experts." in name:
+            put(name, t)
+            param = root.get_parameter(name)
+            param.tensor_model_parallel, param.partition_stride = True, 1
+            param.partition_dim = 0 if "linear_fc1" in name else 1
+    return root
+
+
+def run_epsync(rank, result):
+    """Expert parallel 2 on the CPU: slime's own weight-sync code, both of its paths, moves every
+    expert to the converter under its global index, for both expert layouts (local spec:
+    SequentialMLP, mlp.experts.local_experts.{j}.*; te spec: TEGroupedMLP, mlp.experts.*.weight{j}).
+    The HF tensors out of the converter must equal the checkpoint's, expert by expert.
+
+    colocated: HfWeightIteratorDirect's _get_megatron_local_param_infos (names gathered over the
+    EP group) and _get_megatron_full_params (EP broadcast), then convert_to_hf;
+    disaggregated: UpdateWeightFromDistributed's _update_expert_weight_from_distributed and
+    _update_expert_bucket_weights_from_distributed (EP all-gather, convert_to_hf), its broadcast to
+    SGLang replaced by collecting. CUDA placement is mapped to the CPU (gloo); Ray and SGLang,
+    which these modules import but these steps do not use, are stubbed."""
+    import functools
+    import tempfile
+    from argparse import Namespace
+    from pathlib import Path
+    from unittest import mock
+
+    import stubs
+
+    stubs.install("sglang")
+    from megatron.core import parallel_state
+
+    from slime.backends.megatron_utils.update_weight import hf_weight_iterator_direct as direct
+    from slime.backends.megatron_utils.update_weight.common import named_params_and_buffers
+    from slime.backends.megatron_utils.update_weight.update_weight_from_distributed import (
+        UpdateWeightFromDistributed as UWFD,
+    )
+    from slime.backends.megatron_utils.megatron_to_hf import convert_to_hf
+    from slime.utils import distributed_utils
+    from slime_plugins.models.gemma4.weights import Parallel
+
+    parallel_state.initialize_model_parallel(expert_model_parallel_size=WORLD)
+    distributed_utils.init_gloo_group()
+    hf = g4util.hf_model(g4util.MOE)
+    hf_state = hf.state_dict()
+    model, settings = g4util.megatron_model(g4util.MOE, expert_model_parallel_size=WORLD,
+                                            moe_token_dispatcher_type="allgather")  # alltoall needs CUDA streams
+    g4util.load_from_hf(model, settings, hf_state, Parallel(ep_size=WORLD, ep_rank=rank))
+    def wrapped(inner):  # as slime holds it: DDP(Float16Module(model)), names module.module.*
+        for _ in range(2):
+            outer = torch.nn.Module()
+            outer.module, outer.config = inner, inner.config
+            inner = outer
+        return inner
+
+    layouts = {"local spec (SequentialMLP)": wrapped(model),
+               "te spec (TEGroupedMLP names)": wrapped(_grouped_stand_in(model, settings, hf_state, rank))}
+    prefix = "model.language_model." if "model.language_model.embed_tokens.weight" in hf_state else "model."
+    cuda = dict(current_device=lambda: "cpu", synchronize=lambda *a, **k: None)
+
+    def compare(hf_named):
+        experts = {}
+        for name, t in hf_named:
+            if ".experts." in name:
+                experts[name] = t
+        want = {k: v for k, v in hf_state.items() if ".experts." in k}
+        got = {k.replace(prefix, "model.", 1) if prefix != "model." else k: v for k, v in experts.items()}
+        if sorted(got) != sorted(want):
+            return f"expert tensors sent {sorted(got)}, checkpoint has {sorted(want)}"
+        wrong = [f"{k} expert {e}" for k in want for e in range(want[k].shape[0])
+                 if not torch.equal(got[k][e], want[k][e])]
+        return wrong or None
+
+    def sync(path, args, module, sent):
+        with mock.patch.multiple(torch.cuda, **cuda):
+            if path == "colocated":
+                # every expert name on exactly one EP rank, or the broadcast below blocks for ever
+                names = [n for n, _ in named_params_and_buffers(args, [module]) if ".experts." in n]
+                everyone = [None] * WORLD
+                dist.all_gather_object(everyone, names)
+                shared = set(everyone[0]).intersection(*everyone[1:])
+                if shared:
+                    raise AssertionError(f"{len(shared)} expert names on every EP rank (e.g. {min(shared)}): "
+                                         "rank-local expert indices were not made global")
+                infos = direct._get_megatron_local_param_infos(args, [module])
+                local = dict(named_params_and_buffers(args, [module]))
+                infos = [i for i in infos if ".experts." in i.name]
+                for info, full in zip(infos, direct._get_megatron_full_params(infos, local)):
+                    sent += convert_to_hf(args, "gemma4", info.name, full)
+                return
+            fake = Namespace(args=args, model=[module], model_name="gemma4", quantization_config=None,
+                             _is_pp_src_rank=True)
+            fake._update_bucket_weights_from_distributed = lambda named, pbar=None: sent.extend(named)
+            fake._update_expert_bucket_weights_from_distributed = functools.partial(
+                UWFD._update_expert_bucket_weights_from_distributed, fake)
+            named, size = [], 0
+            for name, param in named_params_and_buffers(args, [module]):
+                if ".experts." in name:
+                    size = UWFD._update_expert_weight_from_distributed(fake, name, param, named, size)
+            if named:
+                fake._update_expert_bucket_weights_from_distributed(named)
+
+    for label, module in layouts.items():
+        for path in ("disaggregated", "colocated"):
+            folder = Path(tempfile.mkdtemp(prefix=f"gemma4-epsync-{rank}-"))
+            (folder / "config.json").write_text(json.dumps(g4util.config_json(g4util.MOE)))
+            args = Namespace(num_experts=settings.num_experts, hf_checkpoint=str(folder), vocab_size=settings.vocab_size,
+                             update_weight_buffer_size=1 << 14, megatron_to_hf_mode="raw", q_lora_rank=None)
+            sent = []
+            try:
+                sync(path, args, module, sent)
+            except Exception as e:  # noqa: BLE001 - e.g. a collective that timed out: the ranks disagree
+                result[f"{label}, {path}"] = f"{type(e).__name__}: {e}"[:500]
+                continue
+            result[f"{label}, {path}"] = compare(sent)
+
+
 def run_cp(rank, result):
     import torch.nn.functional as F
     from megatron.core import parallel_state
@@ -277,7 +420,7 @@ def _worker(rank, mode, rendezvous, path):
     dist.init_process_group(backend, init_method=rendezvous, rank=rank, world_size=WORLD)
     result = {}
     try:
-        {"tp": run_tp, "cp": run_cp, "ep": run_ep, "sp": run_sp, "replay": run_replay}[mode](rank, result)
+        {"tp": run_tp, "cp": run_cp, "ep": run_ep, "sp": run_sp, "replay": run_replay, "epsync": run_epsync}[mode](rank, result)
     except Exception:  # noqa: BLE001 - reported to the test
         result["error"] = traceback.format_exc()
     with open(f"{path}.{rank}", "w") as f:

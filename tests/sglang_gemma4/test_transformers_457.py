@@ -52,3 +52,24 @@ def test_gemma4_config_and_tokenizer_on_transformers_4_57_1(tmp_path):
     print(res.stdout)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     assert res.stdout.strip().endswith("OK")
+
+
+def test_slime_and_sglang_load_one_gemma4_tokenizer_on_transformers_4_57_1(tmp_path):
+    """slime's tokenizer loading (training, rollout, data) on the image's transformers, and the
+    same tokens as SGLang's: the two carry one rule (tokenizer_compat_kwargs in slime, the
+    SGLang series' _tokenizer_compat_kwargs), and this keeps them in step."""
+    built = sgltree.build_or_skip()
+    _install()
+    import g4util
+
+    check = HERE.parent / "gemma4" / "tok457_check.py"
+    env = dict(os.environ, SGLANG_TREE=str(built.path), TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(TARGET), str(HERE)]))
+    if "GEMMA4_SLIME_TREE" not in env:
+        env["GEMMA4_SLIME_TREE"] = str(g4util.MATERIALISED)
+    res = subprocess.run([sys.executable, str(check), str(tmp_path / "tok")], env=env, capture_output=True,
+                         text=True, timeout=600)
+    print(res.stdout)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
+    assert res.stdout.strip().endswith("OK")
+    assert "SGLang get_tokenizer: the same special tokens and the same ids" in res.stdout
