@@ -29,7 +29,7 @@ SHARED = slurm_cluster.SHARED
 # What the tests change from cluster/values.toml: nodes shared by two jobs, a short start time,
 # the containers' 2 GiB /dev/shm, a small object store (the nodes have 2 cores and little memory).
 TEST_VALUES = ["slurm.exclusive=false", "slurm.time=", "slurm.ray_start_timeout=240", "slurm.shm_min_gib=1",
-               "slurm.teardown_timeout=30", "slurm.ray_start_args=--object-store-memory=100000000"]
+               "slurm.ray_start_args=--object-store-memory=100000000"]
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +156,8 @@ def test_a_run_completes_on_both_nodes_with_the_dashboard_on_loopback_and_a_toke
     assert sorted(t["host"] for t in result["tasks"]) == ["n1", "n2"]
     assert {t["ip"] for t in result["tasks"]} == {head_ip, n2_ip}
     assert all(sorted(t["gpus"]) == [str(i) for i in range(8)] for t in result["tasks"])
+    for log in ("ray-head.log", "ray-worker-n2.log"):
+        assert "CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7" in (c.shared / f"gemma4-job-{job}" / log).read_text(), log
     assert result["cluster"]["GPU"] == 16
     # every step went through pyxis's flags: the image, the shared folder and /dev/shm mounted
     steps = records(c, job)
@@ -229,15 +231,17 @@ def test_a_loopback_head_address_is_refused_before_anything_starts(cluster):
 def test_two_jobs_at_once_on_the_same_nodes_do_not_collide(cluster):
     c = cluster
     path = script(c, "half.sbatch", "gpus_per_node=4")
-    hold = f"{SHARED}/hold-two"
-    jobs = [submit(c, path, FAKE_HOLD=hold) for _ in range(2)]
-    # both clusters are up at the same time, on the same two nodes
-    wait_for(lambda: all(c.job(j)["JobState"] == "RUNNING" for j in jobs), "both jobs to run", job=jobs[0], c=c)
-    wait_for(lambda: (c.shared / "hold-two.waiting").exists() and sum(
-        (c.shared / "checkpoints" / "gemma4-31B" / f"driver-env-{j}.txt").exists() for j in jobs) == 2,
-        "both run scripts to start", timeout=400, job=jobs[1], c=c)
-    assert all(c.job(j)["NodeList"] == "n[1-2]" for j in jobs)
-    (c.shared / "hold-two").touch()
+    # The second job is submitted once the first one's cluster is up (two Ray clusters starting at
+    # once on two cores can miss Ray's own 30 s start-up limit); then both clusters are up at the
+    # same time, on the same two nodes, until both run scripts are released.
+    jobs = []
+    for name in ("hold-a", "hold-b"):
+        jobs.append(submit(c, path, FAKE_HOLD=f"{SHARED}/{name}"))
+        wait_for(lambda: (c.shared / f"{name}.waiting").exists(), f"run script {name} to start", timeout=300,
+                 job=jobs[-1], c=c)
+    assert all(c.job(j)["JobState"] == "RUNNING" and c.job(j)["NodeList"] == "n[1-2]" for j in jobs)
+    for name in ("hold-a", "hold-b"):
+        (c.shared / name).touch()
     for j in jobs:
         info = c.wait(j)
         assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), c.output(j)
@@ -245,9 +249,15 @@ def test_two_jobs_at_once_on_the_same_nodes_do_not_collide(cluster):
     for r in results:  # each run saw its own cluster: 2 nodes x 4 GPUs, not the other job's
         assert r["cluster"]["GPU"] == 8 and sorted(t["host"] for t in r["tasks"]) == ["n1", "n2"]
         assert all(len(t["gpus"]) == 4 for t in r["tasks"])
-    # Slurm gave each job its own four GPUs on a node
-    gpus = [{t["host"]: t["gpus"] for t in r["tasks"]} for r in results]
-    assert all(len(g["n1"]) == 4 for g in gpus)
+    # Slurm gave each job its own four GPUs of a node, and Ray handed out those: on each node the
+    # two jobs' tasks got disjoint devices, together all eight
+    gpus = [{t["host"]: set(t["gpus"]) for t in r["tasks"]} for r in results]
+    for node in ("n1", "n2"):
+        assert not gpus[0][node] & gpus[1][node] and gpus[0][node] | gpus[1][node] == {str(i) for i in range(8)}, gpus
+    for j in jobs:  # the steps saw Slurm's allocation (pyxis passes it into the container)
+        for log in ("ray-head.log", "ray-worker-n2.log"):
+            seen = re.search(r"CUDA_VISIBLE_DEVICES=(\S+)", (c.shared / f"gemma4-job-{j}" / log).read_text())
+            assert seen and len(seen.group(1).split(",")) == 4, (j, log)
     envs = [(c.shared / "checkpoints" / "gemma4-31B" / f"driver-env-{j}.txt").read_text() for j in jobs]
     ports = [re.search(r"RAY_ADDRESS=http://127.0.0.1:(\d+)", e).group(1) for e in envs]
     assert ports[0] != ports[1]
