@@ -255,3 +255,26 @@ def test_patched_tree_reads_as_applied_even_where_the_context_repeats(world, tmp
     # Without the applied-first test, the same tree is misread as one the patch still fits.
     code, out, _ = tool("check", "megatron", "--tree", str(tree))
     assert "fits      [base] 0001-a.patch" in out
+
+
+def test_a_patched_tree_reads_as_applied_where_a_later_patch_changed_an_earlier_ones_lines(world, tmp_path):
+    """0002 edits the line next to 0001's change (inside 0001's context): on the patched tree
+    0001 comes off only once 0002 has come off, so the check takes them off newest first."""
+    up = world.upstream("megatron", {"a.py": FILE})
+    first = _edit(FILE, "line 30\n", "line thirty\n")
+    world.add_patch("megatron", "0001-first.patch", up.diff({"a.py": first}))
+    pin = up.pin
+    up.pin = up.commit({"a.py": first}, "tmp")  # write the second patch on top of the first
+    world.add_patch("megatron", "0002-second.patch", up.diff({"a.py": _edit(first, "line 31\n", "line thirty-one\n")}))
+    world.repin("megatron", pin)
+    tree = up.checkout(tmp_path / "target", pin)
+    assert tool("apply", "megatron", "--tree", str(tree))[0] == 0
+    code, out, _ = tool("check", "megatron", "--tree", str(tree), "--expect", "applied")
+    assert code == 0, out
+    assert "applied   [base] 0001-first.patch" in out and "applied   [base] 0002-second.patch" in out
+    # Half patched (the first only): said, not read as applied.
+    half = up.checkout(tmp_path / "half", pin)
+    (half / "a.py").write_text(first)
+    code, out, _ = tool("check", "megatron", "--tree", str(half), "--expect", "applied")
+    assert code == 1, out
+    assert "applied   [base] 0001-first.patch" in out and "NOT APPLIED [base] 0002-second.patch" in out

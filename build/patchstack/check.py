@@ -103,6 +103,9 @@ def check_series(manifest: Manifest, upstream: str, groups: list[str], *, tree: 
     else:
         rep.source = source_label or tree.label
     state = Overlay(tree)
+    if expect == engine.APPLIED:
+        rep.entries = _check_applied(entries, patches, state)
+        return _summarise(rep, state)
     skipped_before = False
     for ent in entries:
         er = EntryReport(ent.group, ent.name, ent.is_external, engine.FITS)
@@ -119,6 +122,38 @@ def check_series(manifest: Manifest, upstream: str, groups: list[str], *, tree: 
         elif res.status == engine.FAILS and skipped_before:
             er.status = UNDECIDED
             er.reason = "does not fit, but an entry before it was skipped: it may need that entry's changes"
+    return _summarise(rep, state)
+
+
+def _check_applied(entries, patches: PatchSource, state: Overlay) -> list[EntryReport]:
+    """A patched tree, newest entry first: each patch found applied is taken back off (on the
+    overlay, not the tree) before the one under it is tested, so a patch whose lines a later one
+    changed is tested against the tree as it left it. An entry that is not applied leaves the
+    state as it is (the ones under it never saw its changes)."""
+    reports: list[EntryReport] = []
+    skipped_after = False
+    for ent in reversed(entries):
+        er = EntryReport(ent.group, ent.name, ent.is_external, engine.FITS)
+        reports.append(er)
+        patch = _read_and_parse(ent, patches, er)
+        if patch is None:
+            skipped_after = skipped_after or er.status == SKIPPED
+            continue
+        res = engine.apply_patch(patch, state, applied_first=True)
+        er.result, er.status = res, res.status
+        er.offsets = sum(h.status == engine.OFFSET for f in res.files for h in f.hunks)
+        if res.status == engine.APPLIED:
+            back = engine.unapply(patch, state)
+            if back is not None:
+                state.update(back)
+        elif res.status == engine.FAILS and skipped_after:
+            er.status = UNDECIDED
+            er.reason = "not applied as it stands, but an entry after it was skipped: that entry may have changed its lines"
+    reports.reverse()
+    return reports
+
+
+def _summarise(rep: SeriesReport, state: Overlay) -> SeriesReport:
     statuses = {e.status for e in rep.entries}
     if engine.FAILS in statuses:
         rep.status = engine.FAILS

@@ -210,8 +210,15 @@ def apply_patch(patch: Patch, tree: Tree, *, applied_first: bool = False) -> Pat
 
 
 def _reverse_fits(patch: Patch, tree: Tree) -> bool:
+    return unapply(patch, tree) is not None
+
+
+def unapply(patch: Patch, tree: Tree) -> dict[str, tuple[str, bytes] | None] | None:
+    """The changes that take an applied patch back off `tree` (its reversed patch, which must fit
+    as a whole), or None when it does not come off."""
     back = Patch(patch.name, patch.header, [_reversed(fp) for fp in patch.files])
-    return _apply_forward(back, tree).status == FITS
+    res = _apply_forward(back, tree)
+    return res.changes if res.status == FITS else None
 
 
 def _apply_forward(patch: Patch, tree: Tree) -> PatchResult:
