@@ -61,11 +61,14 @@ def submit(c, path: str, **env: str) -> int:
 
 
 def wait_for(pred, what: str, timeout: float = 240, job=None, c=None):
+    """Poll `pred` until it is true; with a job, give up as soon as that job has ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = pred()
         if got:
             return got
+        if job is not None and c.job(job)["JobState"] not in ("PENDING", "RUNNING", "CONFIGURING"):
+            raise AssertionError(f"job {job} ended ({c.job(job)['JobState']}) before {what}\n{c.output(job)}")
         time.sleep(1)
     raise AssertionError(f"timed out waiting for {what}" + (f"\n{c.output(job)}" if job else ""))
 
