@@ -21,7 +21,7 @@
 #   make k8s-manifests IMAGE=<tag> [VALUES=<file>] [SET='key=value ...']    the KubeRay RayJob,
 #                                      RayCluster and shared claim: out/cluster/k8s/
 #   make clean                         remove out/ and the tool's egg-info
-#   make distclean                     also the source cache and the smoke images and bases
+#   make distclean                     also the source cache, the smoke and Slurm test images and bases
 #
 # Sources come from UPSTREAM_<NAME>_GIT (a local mirror) or the URLs in patches/pins.toml.
 
@@ -115,13 +115,13 @@ clean:
 	rm -rf out build/*.egg-info
 
 # Also what this project keeps outside the clone: its source cache (as the tool finds it) and the
-# smoke images and Debian bases it built, by their names; nothing else.
+# smoke and Slurm test images and the Debian bases it built, by their names; nothing else.
 CACHE := $(or $(PATCHSTACK_CACHE),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)/gemma4-stack)
 distclean: clean
 	@# only the folders the tool makes there, so that a cache variable pointing elsewhere loses nothing else
 	rm -rf $(foreach d,git locks rootfs sdist,'$(CACHE)/$(d)')
 	-rmdir '$(CACHE)' 2>/dev/null
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
-	  imgs=$$(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^gemma4-stack-smoke(-base)?:' || true); \
+	  imgs=$$(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^gemma4-stack-(smoke|slurm-test)(-base)?:' || true); \
 	  if [ -n "$$imgs" ]; then echo "docker rmi $$imgs"; docker rmi $$imgs; fi; \
 	else echo "no Docker engine answers: smoke images, if any, are left"; fi
