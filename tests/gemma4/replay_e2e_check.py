@@ -78,7 +78,8 @@ def main() -> int:
     from slime.utils import routing_replay
     from slime.utils.routing_replay import RoutingReplay
 
-    cfg = dict(g4util.CONFIGS["moe"], vocab_size=192)
+    # top 8 of 16 experts, as the 26B-A4B picks 8 (of 128)
+    cfg = dict(g4util.CONFIGS["moe"], vocab_size=192, num_experts=16, top_k_experts=8)
     n_layers, topk = cfg["num_hidden_layers"], cfg["top_k_experts"]
 
     # ---- 1. SGLang: a rollout with the routed-experts capturer on

@@ -40,6 +40,7 @@ def test_what_sglang_records_is_what_the_gemma4_router_replays(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     assert res.stdout.strip().endswith("OK")
     assert f"{g4util.CONFIGS['moe']['num_hidden_layers']} MoE layers filled" in res.stdout
+    assert "(tokens - 1, layers, top-k)" in res.stdout and ", 8) (tokens - 1" in res.stdout  # top 8
 
 
 def _importable(name: str) -> bool:
