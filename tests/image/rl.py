@@ -16,8 +16,8 @@ while the step moved the model's log-probabilities by at least twice that agreem
 would leave SGLang as far from the trained model as the step moved it.
 
 What this is not: slime's own `train.py` loop (Ray actors, its data and reward plumbing, its
-bucketed CUDA-IPC sync, routing replay set up by its actor). That step needs the Gemma4 RL recipe
-(run scripts, tokenizer, loss mask) and is reported as not written yet; routing replay likewise.
+bucketed CUDA-IPC sync, routing replay set up by its actor). Driving the Gemma4 run scripts
+(docs/rl.md) on the tiny checkpoint is not written yet and is reported so; routing replay likewise.
 
     python3 rl.py --work DIR --results DIR/rl.jsonl
 """
@@ -34,8 +34,9 @@ HERE = Path(__file__).resolve().parent
 STACK = HERE.parents[1]
 TIER = "rl"
 KINDS = ("dense", "moe")
-NOT_YET = ("needs the Gemma4 RL recipe for slime (run scripts, tokenizer on transformers 4.57.1, loss "
-           "mask), which is not in this stack yet")
+NOT_YET = ("this tier does not drive slime's train.py yet: the Gemma4 run scripts (docs/rl.md) exist, but "
+           "their use on the tiny checkpoint (its own model flags, a tiny data set, reading the log-probability "
+           "gap from slime's log) is not written")
 
 
 def run(img, rep, work: Path, gpus: int) -> None:
