@@ -4,8 +4,9 @@ objects (the claim, the pod templates) against Kubernetes' own schemas (kubernet
 offline); and what no schema sees: ports, token mode, no dashboard outside the cluster, GPUs,
 one pod per node, the image tag, Ray's version.
 
-The CRDs are read from ../shared/kuberay-crds-v1.7.0 next to this repository (KUBERAY_CRDS names
-another folder), checked by sha256; they are not copied into the repository. Without them the
+The CRDs are read from ../shared/kuberay-crds-v1.7.0 next to this repository, or next to the local
+checkout a fresh clone was made from (KUBERAY_CRDS names another folder), checked by sha256; they
+are not copied into the repository. Without them the
 CRD checks are skipped and say so; the rest runs."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -64,15 +66,30 @@ def closed(schema: dict) -> dict:
     return s
 
 
+def crd_folders() -> list[Path]:
+    """Where the CRDs may be: KUBERAY_CRDS, else ../shared next to this checkout or, for a clone of
+    a local checkout (a fresh clone made for CI), next to the checkout it was cloned from."""
+    if os.environ.get("KUBERAY_CRDS"):
+        return [Path(os.environ["KUBERAY_CRDS"])]
+    roots = [REPO]
+    res = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"], capture_output=True,
+                         text=True)
+    origin = Path(res.stdout.strip()) if res.returncode == 0 and res.stdout.strip().startswith("/") else None
+    if origin is not None and origin.is_dir():
+        roots.append(origin.resolve())
+    return [root.parent / "shared" / "kuberay-crds-v1.7.0" for root in roots]
+
+
 @pytest.fixture(scope="module")
 def crd_validators():
-    folder = Path(os.environ.get("KUBERAY_CRDS", REPO.parent / "shared" / "kuberay-crds-v1.7.0"))
+    folders = crd_folders()
+    folder = next((f for f in folders if all((f / name).exists() for name, _ in CRDS.values())), None)
+    if folder is None:
+        pytest.skip(f"KubeRay v1.7.0's CRDs are not in {' nor '.join(map(str, folders))} (set KUBERAY_CRDS to "
+                    "their folder): the manifests were not checked against KubeRay's schemas")
     out = {}
     for kind, (name, sha) in CRDS.items():
         f = folder / name
-        if not f.exists():
-            pytest.skip(f"KubeRay v1.7.0's CRD {name} is not in {folder} (set KUBERAY_CRDS to its folder): "
-                        "the manifests were not checked against KubeRay's schemas")
         data = f.read_bytes()
         assert hashlib.sha256(data).hexdigest() == sha, f"{f} is not KubeRay v1.7.0's {name}"
         crd = yaml.safe_load(data)
