@@ -113,6 +113,12 @@ def http(c, node: str, url: str, token: str | None = None) -> str:
     return c.exec(node, *args, check=False).stdout.strip()
 
 
+def run_job(c, name: str, **env) -> tuple[int, dict[str, str], str]:
+    """The project's sbatch script (as `name`) submitted with env, waited for: id, state, output."""
+    job = submit(c, script(c, name), **env)
+    return job, c.wait(job), c.output(job)
+
+
 def test_a_run_completes_on_both_nodes_with_the_dashboard_on_loopback_and_a_token(cluster):
     c = cluster
     path = script(c, "run.sbatch")
@@ -180,9 +186,7 @@ def test_a_run_completes_on_both_nodes_with_the_dashboard_on_loopback_and_a_toke
 def test_a_failing_run_script_fails_the_job_with_its_exit_code(cluster):
     """Also the head's address from an interface (HEAD_IFACE), as on nodes with several networks."""
     c = cluster
-    job = submit(c, script(c, "fail.sbatch"), FAKE_EXIT="7", HEAD_IFACE="eth0")
-    info = c.wait(job)
-    out = c.output(job)
+    job, info, out = run_job(c, "fail.sbatch", FAKE_EXIT="7", HEAD_IFACE="eth0")
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "7:0"), out
     assert "the run script exited with 7" in out
     assert f"head n1 at {c.ip('n1')} (from interface eth0)" in out
@@ -193,9 +197,7 @@ def test_a_failing_run_script_fails_the_job_with_its_exit_code(cluster):
 
 def test_a_head_that_cannot_start_fails_the_job_and_the_run_script_never_runs(cluster):
     c = cluster
-    job = submit(c, script(c, "nohead.sbatch"), RAY_HEAD_ARGS="--num-gpus=eight")
-    info = c.wait(job)
-    out = c.output(job)
+    job, info, out = run_job(c, "nohead.sbatch", RAY_HEAD_ARGS="--num-gpus=eight")
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "1:0"), out
     assert re.search(r"ERROR: the Ray head step ended \(exit [1-9]\d*\) before Ray was ready", out), out
     assert "running bash" not in out
@@ -205,9 +207,7 @@ def test_a_head_that_cannot_start_fails_the_job_and_the_run_script_never_runs(cl
 
 def test_an_image_with_another_ray_version_fails_the_job(cluster):
     c = cluster
-    job = submit(c, script(c, "version.sbatch"), RAY_VERSION="2.0.0")
-    info = c.wait(job)
-    out = c.output(job)
+    job, info, out = run_job(c, "version.sbatch", RAY_VERSION="2.0.0")
     assert info["JobState"] == "FAILED", out
     assert "this script is pinned to 2.0.0" in out and "has Ray " + render.ray_version() in out, out
     assert_nothing_left(c)
@@ -225,9 +225,7 @@ def test_a_cancelled_job_leaves_nothing_running(cluster):
 
 def test_a_loopback_head_address_is_refused_before_anything_starts(cluster):
     c = cluster
-    job = submit(c, script(c, "loop.sbatch"), HEAD_IP="127.0.0.1")
-    info = c.wait(job)
-    out = c.output(job)
+    job, info, out = run_job(c, "loop.sbatch", HEAD_IP="127.0.0.1")
     assert (info["JobState"], info["ExitCode"]) == ("FAILED", "1:0"), out
     assert "127.0.0.1, a loopback address other nodes cannot reach: set HEAD_IP" in out
     assert records(c, job) == []

@@ -13,6 +13,7 @@ from the format above (the message key `reasoning` renders a thinking channel).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -60,3 +61,20 @@ def build(path: Path) -> Path:
         "chat_template": CHAT_TEMPLATE,
     }, indent=1))
     return path
+
+
+def digest(path: Path) -> dict:
+    """sha256 of every file of a checkpoint folder: that loading it changed nothing."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
+
+
+def plain_transformers_refuses(path: Path) -> str:
+    """transformers 4.57.1's own AutoTokenizer fails on the list (the reason for the fix): its message."""
+    import transformers
+
+    try:
+        transformers.AutoTokenizer.from_pretrained(str(path))
+    except AttributeError as e:
+        assert "'list' object has no attribute 'keys'" in str(e), e
+        return str(e)
+    raise AssertionError("transformers 4.57.1 loaded the list form itself: the fix is not needed")

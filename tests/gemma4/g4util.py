@@ -112,6 +112,32 @@ MOE = dict(
 
 CONFIGS = {"dense": DENSE, "moe": MOE}
 
+# The published widths of both targets (the global layers' KV head counts, 4 and 2, are assumptions).
+PUBLISHED = {
+    "31B": dict(hidden_size=5376, intermediate_size=21504, num_hidden_layers=60, num_attention_heads=32,
+                num_key_value_heads=16, num_global_key_value_heads=4),
+    "26B-A4B": dict(hidden_size=2816, intermediate_size=2112, num_hidden_layers=30, num_attention_heads=16,
+                    num_key_value_heads=8, num_global_key_value_heads=2, enable_moe_block=True,
+                    num_experts=128, top_k_experts=8, moe_intermediate_size=704),
+}
+
+
+def published_config_json(size: str) -> dict:
+    """config.json of a Gemma4ForConditionalGeneration checkpoint at a target's published widths."""
+    raw = dict(PUBLISHED[size], head_dim=256, global_head_dim=512, attention_k_eq_v=True, sliding_window=1024,
+               vocab_size=262_144, hidden_size_per_layer_input=0, final_logit_softcapping=30.0)
+    return config_json(raw, "conditional_generation")
+
+
+def importable(name: str) -> bool:
+    """Whether a module can be found (False also when a parent package is missing)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
 
 def config_json(cfg: dict, layout: str = "causal_lm") -> dict:
     """config.json as a released checkpoint writes it (global_head_dim etc. as keys)."""

@@ -52,9 +52,7 @@ def test_context_parallel_2_matches_transformers_and_keeps_the_window(tmp_path):
 
 
 def _whole_slime_tree():
-    import importlib.util
-
-    if not _importable("slime.backends.megatron_utils.update_weight.common"):
+    if not g4util.importable("slime.backends.megatron_utils.update_weight.common"):
         pytest.skip("slime's weight-sync code is not here (materialised Gemma4 modules only): "
                     "runs on the patched pinned trees (tests/test_gemma4_pinned.py)")
 
@@ -68,12 +66,3 @@ def test_expert_parallel_weight_sync_sends_every_expert_under_its_global_index(t
         assert len(r) == 4, r
         for case, problem in r.items():
             assert problem is None, f"rank {rank}, {case}: {problem}"
-
-
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False

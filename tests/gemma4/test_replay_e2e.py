@@ -4,7 +4,6 @@ Megatron with slime's patch, so it runs on the pinned trees (tests/test_gemma4_p
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import os
 import subprocess
@@ -21,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 def test_what_sglang_records_is_what_the_gemma4_router_replays(tmp_path):
     from megatron.core.transformer.moe import moe_utils
 
-    if not _importable("slime.rollout.sglang_rollout"):
+    if not g4util.importable("slime.rollout.sglang_rollout"):
         pytest.skip("slime's rollout and actor are not here (materialised Gemma4 modules only): "
                     "runs on the patched pinned trees (tests/test_gemma4_pinned.py)")
     if "routing_replay" not in inspect.getsource(moe_utils):
@@ -41,12 +40,3 @@ def test_what_sglang_records_is_what_the_gemma4_router_replays(tmp_path):
     assert res.stdout.strip().endswith("OK")
     assert f"{g4util.CONFIGS['moe']['num_hidden_layers']} MoE layers filled" in res.stdout
     assert "(tokens - 1, layers, top-k)" in res.stdout and ", 8) (tokens - 1" in res.stdout  # top 8
-
-
-def _importable(name: str) -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # a parent package is missing
-        return False
