@@ -1,5 +1,23 @@
-"""The rl tier (1 GPU used; colocated): one RL step on the tiny checkpoint built from the stack's own
-parts, in one process on one GPU, as slime colocates them:
+"""The rl tier (1 GPU used; colocated), two checks of one RL step on the tiny checkpoint.
+
+**slime's own train.py** (slime_step.py): the stack's Gemma4 run scripts (run-gemma4-31B.sh for the
+dense checkpoint, run-gemma4-26B-A4B.sh for the MoE, with `--use-rollout-routing-replay`) start
+slime's `train.py` through their launcher with a private Ray head (127.0.0.1, token auth, stopped by
+its PID), the tiny model's flags and data appended through EXTRA_ARGS. Two rollouts, one train
+step after each, slime's weight update into SGLang in between. Read from slime's log: both rollouts,
+both train steps and the update happened, and the update arrived:
+
+    gap1 <= 1.5 x gap0 + 0.01   and   moved >= 2 x (1.5 x gap0 + 0.01)
+
+gap0, gap1: slime's `train/train_rollout_logprob_abs_diff` at steps 0 and 1 (mean |log p(train) -
+log p(SGLang)| over the rollout's tokens, the trained model scoring before its step); moved: slime's
+`rollout/log_probs - rollout/ref_log_probs` at rollout 1 (the reference is the initial policy,
+`--use-kl-loss` with coefficient 0). Stale weights in SGLang would put gap1 at about the step's
+movement; samples from the stale policy would make `moved` negative. slime_step.py's docstring
+has the argument. For the MoE the same run checks routing replay: slime's actor raises when a
+rollout lacks SGLang's routed experts and asserts that every MoE layer received them.
+
+**The stack's parts** (this file's worker), a finer check without Ray or slime's loop:
 
 1. rollout: SGLang's engine (`sglang.Engine`, Triton attention) samples continuations of a few
    prompts, with their log-probabilities;
@@ -10,16 +28,16 @@ parts, in one process on one GPU, as slime colocates them:
    into the engine (`update_weights_from_tensor`, the call slime's colocated sync makes);
 4. second rollout: the engine scores the same tokens again.
 
-The update arrived when, after it, SGLang agrees with the trained model about as well as it agreed
-with the untrained one before the step (mean |log p| difference no more than 1.5 x, plus 0.01),
-while the step moved the model's log-probabilities by at least twice that agreement: stale weights
-would leave SGLang as far from the trained model as the step moved it.
+There the update arrived when, after it, SGLang agrees with the trained model about as well as it
+agreed with the untrained one before the step (mean |log p| difference no more than 1.5 x, plus
+0.01), while the step moved the model's log-probabilities by at least twice that agreement.
 
-What this is not: slime's own `train.py` loop (Ray actors, its data and reward plumbing, its
-bucketed CUDA-IPC sync, routing replay set up by its actor). Driving the Gemma4 run scripts
-(docs/rl.md) on the tiny checkpoint is not written yet and is reported so; routing replay likewise.
+Both need the real image on a GPU node (SGLang with sgl-kernel, Ray, slime, Megatron, TE): neither
+the engine step nor slime's train.py step has run in this project, which has no GPU node with the
+image (the parts step ran on one H200 with SGLang's model classes in place of the engine,
+`--engine harness`). What is missing is reported as skipped by name.
 
-    python3 rl.py --work DIR --results DIR/rl.jsonl
+    python3 rl.py --work DIR --results DIR/rl.jsonl      # the parts worker
 """
 
 from __future__ import annotations
@@ -34,21 +52,14 @@ HERE = Path(__file__).resolve().parent
 STACK = HERE.parents[1]
 TIER = "rl"
 KINDS = ("dense", "moe")
-NOT_YET = ("this tier does not drive slime's train.py yet: the Gemma4 run scripts (docs/rl.md) exist, but "
-           "their use on the tiny checkpoint (its own model flags, a tiny data set, reading the log-probability "
-           "gap from slime's log) is not written")
 
 
 def run(img, rep, work: Path, gpus: int) -> None:
     """The worker in its own process; its lines become results (as gpu.run)."""
     import subprocess
 
-    from report import FAIL, SKIP, Result
+    from report import FAIL, Result
 
-    rep.add(Result(TIER, "slime train.py step", "slime", SKIP, f"not written: {NOT_YET}"))
-    rep.add(Result(TIER, "routing replay (moe)", "slime", SKIP,
-                   "slime sets routing replay up inside its training actor; the step below does not run "
-                   f"slime's loop ({NOT_YET})"))
     lines = work / "rl.jsonl"
     lines.unlink(missing_ok=True)
     env = dict(os.environ)
@@ -69,6 +80,55 @@ def run(img, rep, work: Path, gpus: int) -> None:
         tail = " | ".join(p.stderr.strip().splitlines()[-4:]) or "no output"
         rep.add(Result(TIER, "rl tier worker", "rl tier", FAIL, f"the worker exited {p.returncode} having "
                        f"reported {n} checks: {tail}", "", f"read {work / 'rl.log'}"))
+    slime_steps(img, rep, work, gpus)
+
+
+def slime_steps(img, rep, work: Path, gpus: int) -> None:
+    """slime's train.py on the tiny checkpoints (slime_step.py), then what the MoE run says about
+    routing replay."""
+    import subprocess
+
+    import slime_step
+    from report import FAIL, PASS, SKIP, Result
+
+    try:
+        pin = img.manifest.upstream("slime").commit[:12]
+    except Exception:  # noqa: BLE001 - a test's image may have no manifest; the pin is only reported
+        pin = ""
+    moe = None
+    for kind in slime_step.KINDS:
+        t0 = time.monotonic()
+        name, src = f"slime train.py step {kind}", work / "ckpt" / kind
+        if not (src / "model.safetensors").exists():
+            p = subprocess.run([sys.executable, str(HERE / "ckpt.py"), str(src), kind], capture_output=True,
+                               text=True)
+            if p.returncode != 0:
+                r = rep.add(Result(TIER, name, "tiny checkpoint", FAIL, f"ckpt.py exited {p.returncode}: "
+                                   f"{p.stderr.strip()[-300:]}", "", "read the message"))
+                moe = r if kind == "moe" else moe
+                continue
+        try:
+            status, detail, figures, todo = slime_step.step(img.trees["slime"], img.trees["megatron"], src, work,
+                                                            kind, gpus)
+        except Exception as e:  # noqa: BLE001 - a step that raises has failed; say how
+            status, detail, figures = FAIL, f"{type(e).__name__}: {e}", {}
+            todo = f"read the message and {work / f'slime-{kind}'}"
+        status = {"pass": PASS, "skip": SKIP}.get(status, FAIL)
+        r = rep.add(Result(TIER, name, "slime", status, detail, pin, todo, round(time.monotonic() - t0, 1), figures))
+        moe = r if kind == "moe" else moe
+    if moe is None:
+        return
+    if moe.status == PASS:
+        rep.add(Result(TIER, "routing replay (moe)", "slime", PASS,
+                       "the MoE step ran with --use-rollout-routing-replay in effect (checked in the run script's "
+                       "dry run): SGLang returned the routed experts of every token (slime's actor raises when a "
+                       "rollout lacks them) and each MoE layer's router got its record (slime asserts the count), "
+                       f"in both train steps; rollout/train gap with replay {moe.figures.get('gap0', float('nan')):.4f}",
+                       pin, figures={"gap0": moe.figures.get("gap0")}))
+    else:
+        rep.add(Result(TIER, "routing replay (moe)", "slime", moe.status,
+                       f"decided by the MoE step, which did not pass: {moe.detail[:300]}", pin,
+                       moe.todo if moe.status == FAIL else ""))
 
 
 def mean_abs(a, b) -> float:
