@@ -207,6 +207,65 @@ def test_the_run_scripts_dry_run_carries_the_tiers_flags(kind, tmp_path):
     assert ("--use-rollout-routing-replay" in got) == (kind == "moe")
 
 
+@pytest.mark.parametrize("kind", S.KINDS)
+def test_slimes_own_parser_accepts_the_command_and_the_provider_agrees(kind, tmp_path, monkeypatch):
+    """The dry run's train.py command through slime's parse_args (its SGLang, Megatron and slime
+    parsers and validations, the HF config check) and the Gemma4 provider's own check of the flags
+    against the checkpoint. Needs the patched pinned slime and Megatron trees (GEMMA4_SLIME_TREE,
+    GEMMA4_MEGATRON_TREE); Megatron asks CUDA for the device's capability (grouped GEMM), which is
+    answered as an H200's."""
+    tree = _scripts_tree()  # also puts GEMMA4_SLIME_TREE and GEMMA4_MEGATRON_TREE first on the path
+    pytest.importorskip("megatron.training.arguments", reason="megatron.training is not in megatron-core from PyPI")
+    if not (tree / "slime" / "utils" / "arguments.py").is_file():
+        pytest.skip("slime's argument parser is not here (materialised Gemma4 files only): runs on the patched "
+                    "pinned trees (GEMMA4_SLIME_TREE, GEMMA4_MEGATRON_TREE)")
+    sys.path.insert(0, str(REPO / "tests" / "sglang_gemma4"))
+    import sgltree
+
+    built = sgltree.build_or_skip()
+    import harness
+
+    harness.setup_sglang(built.path)
+    import stubs
+
+    stubs.install()
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (9, 0))
+    src = _ckpt(tmp_path, kind)
+    dest = tmp_path / f"slime-{kind}"
+    conf = S.prepare(src, dest)
+    extra = S.extra_args(conf, kind, dest / "ckpt")
+    env = S.run_env(dict(os.environ), ckpt_dir=dest / "ckpt", data_dir=dest / "data", save_dir=dest / "save",
+                    megatron=tmp_path / "megatron", extra=extra, dry_run=True)
+    res = subprocess.run(["bash", str(tree / S.RUN_SCRIPTS[kind])], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    monkeypatch.setattr("sys.argv", ["train.py", *S.train_command(res.stdout)])
+    from slime.utils.arguments import parse_args
+    from slime_plugins.models.gemma4.config import check_parallelism, read_settings
+    from slime_plugins.models.gemma4.provider import check_megatron_args
+
+    args = parse_args()
+    assert (args.num_layers, args.hidden_size, args.num_attention_heads) == (
+        conf["num_hidden_layers"], conf["hidden_size"], conf["num_attention_heads"])
+    assert (args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.expert_model_parallel_size,
+            args.rollout_num_gpus, args.rollout_num_gpus_per_engine) == (1, 1, 1, 1, 1)
+    assert args.colocate and args.offload_train and args.offload_rollout  # slime's colocated mode
+    assert args.load == str(dest / "ckpt") and args.use_kl_loss and args.kl_loss_coef == 0  # weights from the HF dir
+    assert (args.num_rollout, args.rollout_batch_size, args.n_samples_per_prompt, args.global_batch_size) == (
+        S.NUM_ROLLOUT, S.ROLLOUT_BATCH, S.N_SAMPLES, S.ROLLOUT_BATCH * S.N_SAMPLES)
+    assert args.rm_type == "f1" and args.lr == S.LR and args.skip_eval_before_train
+    assert args.rollout_max_response_len == S.RESPONSE_LEN
+    assert args.use_rollout_routing_replay == (kind == "moe")
+    if kind == "moe":
+        assert (args.num_experts, args.moe_router_topk) == (conf["num_experts"], conf["top_k_experts"])
+    args.padded_vocab_size = getattr(args, "padded_vocab_size", None) or conf["vocab_size"]
+    settings = read_settings(dest / "ckpt")
+    check_megatron_args(settings, args)  # raises, naming the flag, where a flag disagrees with config.json
+    check_parallelism(settings, args.tensor_model_parallel_size, args.expert_model_parallel_size)
+
+
 def test_a_script_flag_after_the_tiers_is_caught():
     extra = ["--num-layers", "4", "--lr", "0.01", "--use-kl-loss"]
     argv = ["--colocate"] + extra + ["--num-layers", "60"]
