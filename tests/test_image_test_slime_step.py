@@ -371,7 +371,7 @@ def test_a_step_too_small_to_tell_fails():
 
 
 def test_a_reference_that_is_not_the_initial_policy_fails():
-    ok, _, fig = S.decide(S.parse_log(slime_log(ref=(-6.3, -6.1847))))
+    ok, _, fig = S.decide(S.parse_log(slime_log(ref=(-6.5, -6.1847))))
     assert not ok and fig["failed"] == ["reference"]
 
 

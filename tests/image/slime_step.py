@@ -41,7 +41,7 @@ What proves the step, read from slime's log (its `logger.info` lines, forwarded 
 The update arrived when (`decide`), with gap0 and gap1 the abs-diff of steps 0 and 1,
 limit = 1.5 x gap0 + 0.01, and moved = rollout/log_probs - rollout/ref_log_probs at rollout 1:
 
-    gap1 <= limit   and   moved >= 2 x limit   (and |log_probs - ref_log_probs| <= 0.01 at rollout 0)
+    gap1 <= limit   and   moved >= 2 x limit   (and |log_probs - ref_log_probs| <= limit at rollout 0)
 
 Why: rollout 1 was sampled by SGLang with whatever weights it holds; the trained model scores it
 with the weights after step 0. If the update arrived, both hold the same weights and differ by
@@ -52,8 +52,11 @@ it still samples from the initial one, so a positive margin of 2 x limit says bo
 moved the policy and that the samples came from the moved one. Stale weights cannot pass both: if
 moved >= 2 x limit all the same, gap1 >= |mean(new - SGLang)| >= moved - |mean(initial - SGLang)|
 >= 2 x limit - gap0 > limit (SGLang's disagreement with the initial weights on rollout 1's tokens
-taken to be about gap0). The check at rollout 0 makes sure the reference is the initial policy
-(the same weights; slime's CI holds them to 1e-8).
+taken to be about gap0). The check at rollout 0 makes sure the reference is the initial policy: the
+same weights give the same log-probabilities (slime's CI holds the dense case to 1e-8); for the MoE
+the reference routes by itself (slime runs it with routing replay off, "fallthrough") while the
+trained model replays SGLang's routing, so the two may differ where the engines route differently,
+hence the limit rather than zero.
 
 The real run needs the real image on a GPU node (slime, Ray, SGLang with sgl-kernel, Megatron, TE);
 it has not run in this project, which has no GPU node with the image. Outside it (tests/test_image_test_slime_step.py)
@@ -88,7 +91,6 @@ N_PROMPTS, PROMPT_WORDS, LABEL_WORDS = 8, 40, 64
 ROLLOUT_BATCH, N_SAMPLES, RESPONSE_LEN, NUM_ROLLOUT = 4, 8, 40, 2
 LR = 1e-2
 SPECIAL = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}  # ids as ckpt.config_json writes them
-SAME_REF = 0.01  # |log_probs - ref_log_probs| at rollout 0: the reference is the initial policy
 TIMEOUT_S = 1800
 # `ray job submit` streams the job's log; Ray prefixes what its actors print with "(Class pid=N)"
 # and may colour it
@@ -377,8 +379,8 @@ def decide(log: Log) -> tuple[bool, str, dict]:
     moved = float(r1d["rollout/log_probs"]) - float(r1d["rollout/ref_log_probs"])
     limit = 1.5 * gap0 + 0.01
     checks = {
-        "reference": (abs(same0) <= SAME_REF,
-                      f"reference vs trained model at rollout 0 {same0:+.4f} (|.| <= {SAME_REF})"),
+        "reference": (abs(same0) <= limit,
+                      f"reference vs trained model at rollout 0 {same0:+.4f} (|.| <= {limit:.4f})"),
         "arrived": (gap1 <= limit, f"mean |log p| SGLang vs trained model: rollout 0 {gap0:.4f}, "
                                    f"rollout 1 {gap1:.4f} (<= {limit:.4f})"),
         "moved": (moved >= 2 * limit, f"the step added {moved:+.4f} to the mean log p of rollout 1's tokens "
@@ -397,8 +399,9 @@ def decide(log: Log) -> tuple[bool, str, dict]:
 TODO = {
     "events": "the run ended without one of the steps: read the log from the first Traceback or error",
     "metrics": "slime's metrics changed names or --use-kl-loss was not in effect: read the log's `rollout N:` lines",
-    "reference": "the reference model is not the initial policy: the Gemma4 loader reads --ref-load differently "
-                 "for the actor and the reference; read the log",
+    "reference": "the reference model does not score rollout 0 as the trained model does: the actor and the "
+                 "reference were not loaded alike from --ref-load, or (MoE) Megatron's own routing differs from "
+                 "SGLang's replayed routing on many tokens; read the log",
     "arrived": "SGLang does not serve the trained weights after slime's update_weights: compare the Gemma4 sync's "
                "names with SGLang's load_weights (tests/sglang_gemma4/test_cross_engine.py) and read the log",
     "moved": "the step did not move the policy past the engines' disagreement, or rollout 1 was not sampled from "
