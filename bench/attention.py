@@ -208,14 +208,16 @@ def sweep(layer, S, kinds=("fwd", "dkdv", "dq")):
 
     D = LAYERS[layer]["D"]
     grid = []
-    for bm in (32, 64, 128):
-        for bn in ((16, 32, 64) if D > 256 else (32, 64, 128)):
-            for stages in (1, 2):
-                grid.append(dict(BM=bm, BN=bn, warps=8, stages=stages))
+    for bm in ((16, 32, 64) if D > 256 else (32, 64, 128)):
+        for bn in ((32, 64) if D > 256 else (32, 64, 128)):
+            for stages in (1, 2, 3):
+                for warps in (4, 8):
+                    grid.append(dict(BM=bm, BN=bn, warps=warps, stages=stages))
     base = {f"{k}/{D}": v for (k, d), v in A.TILES.items() if d == D}
     for kind in kinds:
         best = None
-        for cfg in grid:
+        # dK/dV also with the score tiles transposed (keys x queries: "kt")
+        for cfg in grid + ([dict(c, kt=True) for c in grid] if kind == "dkdv" else []):
             os.environ["GEMMA4_ATTENTION_TILES"] = json.dumps(dict(base, **{f"{kind}/{D}": cfg}))
             r = measure("ours", layer, S, 3)
             if "ms" in r:

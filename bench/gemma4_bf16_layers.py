@@ -5,7 +5,8 @@ Prints, per model: max and mean |logit difference|, both relative to the referen
 scale; the noise floor (each bf16 model against transformers in fp32 on the same weights: with
 random weights, unit-RMS q/k and softmax scale 1, attention is very peaked and bf16 rounding
 alone moves logits a lot); for the MoE, how often layer 0 picks the same experts; forward tokens/s of both and
-forward+backward tokens/s of ours. Needs a CUDA GPU, torch, transformers >= 5.5.3 and
+forward+backward tokens/s of ours; for the MoE also our forward with Megatron's per-expert loop
+in place of the grouped experts (the `local` spec's path before experts.py). Needs a CUDA GPU, torch, transformers >= 5.5.3 and
 megatron-core; the Gemma4 code is materialised from the patches (or GEMMA4_SLIME_TREE).
 
     python3 bench/gemma4_bf16_layers.py [--seq 4096] [--iters 10]
@@ -111,6 +112,16 @@ def run(name, cfg, seq, iters):
     with torch.no_grad():
         out["fwd_tokens_per_s_ours"] = seq / timed(lambda: model(input_ids=ids, position_ids=None, attention_mask=None), iters)
         out["fwd_tokens_per_s_transformers"] = seq / timed(lambda: hf(ids).logits, iters)
+        experts = [m for n, m in model.named_modules() if n.endswith("mlp.experts") and hasattr(m, "impl")]
+        if experts:
+            # the same model with Megatron's per-expert loop (what the local spec ran before)
+            out["experts"] = experts[0].impl
+            for m in experts:
+                m.impl = "loop"
+            out["fwd_tokens_per_s_ours_loop_experts"] = seq / timed(
+                lambda: model(input_ids=ids, position_ids=None, attention_mask=None), iters)
+            for m in experts:
+                m.impl = out["experts"]
 
     def step():
         model(input_ids=ids, position_ids=None, attention_mask=None).float().logsumexp(-1).mean().backward()
@@ -146,7 +157,9 @@ def main():
               + (f"; same experts {r['same_experts_share']:.4f}" if "same_experts_share" in r else "")
               + f"; against transformers fp32, mean |diff|: ours {r['ours_bf16_vs_fp32_mean_abs']:.4g}, "
               f"transformers bf16 {r['transformers_bf16_vs_fp32_mean_abs']:.4g}"
-              + f"; fwd {r['fwd_tokens_per_s_ours']:.0f} tok/s (transformers {r['fwd_tokens_per_s_transformers']:.0f}),"
+              + f"; fwd {r['fwd_tokens_per_s_ours']:.0f} tok/s (transformers {r['fwd_tokens_per_s_transformers']:.0f}"
+              + (f"; ours with the per-expert loop {r['fwd_tokens_per_s_ours_loop_experts']:.0f}"
+                 if "fwd_tokens_per_s_ours_loop_experts" in r else "") + "),"
               f" fwd+bwd {r['fwd_bwd_tokens_per_s_ours']:.0f} tok/s, peak {r['peak_gib']:.1f} GiB", flush=True)
     dist.destroy_process_group()
 

@@ -80,6 +80,21 @@ def test_kernels_match_fp64_forward_and_backward(case):
         assert rel(ours, ref) < 5e-5, (name, rel(ours, ref))
 
 
+@pytest.mark.parametrize("case", ["sliding packed 4:2 w5", "global packed 4:4"])
+def test_transposed_dkdv_tiles_match_fp64(monkeypatch, case):
+    """dK/dV with the score tiles computed keys x queries (tiles key 'kt', chosen for the global
+    layers' short query tiles), full and split head dims."""
+    import json
+
+    tiles = {f"dkdv/{d}": dict(BM=16, BN=16, warps=4, stages=1, kt=True) for d in (16, 32)}
+    monkeypatch.setenv("GEMMA4_ATTENTION_TILES", json.dumps(tiles))
+    for split_above, args in ((256, CASES[case]), (16, ([29, 23], 4, 2, 32, CASES[case][4]))):
+        monkeypatch.setattr(A, "SPLIT_ABOVE", split_above)
+        res = run_both(*args)
+        for name, (ours, ref) in res.items():
+            assert rel(ours, ref) < 5e-5, (split_above, name, rel(ours, ref))
+
+
 def test_split_head_dim_path_matches(monkeypatch):
     """The global layers' 512 is split in two halves for the dot products; exercise that
     code path at a small head_dim by lowering the split threshold."""
@@ -131,12 +146,34 @@ def _cp_index(total, cp, rank):
                       torch.arange((2 * cp - 1 - rank) * chunk, (2 * cp - rank) * chunk)])
 
 
+def _rank_layouts(lengths, cp, window, mode, padding=0):
+    gathered = [A.build_layout(lengths, cp, r, window, "cpu", padding) for r in range(cp)]
+    if mode == "gather":
+        return gathered
+    return [A.exchange_needed_rows(gathered, r) for r in range(cp)]
+
+
+def _keys(lays, r, xs_all):
+    """What keys_for gives rank r, with the collective written out rank by rank."""
+    if lays[r].exchange is not None:
+        recv = [xs_all[j].index_select(0, lays[j].exchange.send_index.split(lays[j].exchange.send_counts)[r])
+                for j in range(len(lays))]
+        assert [t.shape[0] for t in recv] == lays[r].exchange.recv_counts
+        x = torch.cat([xs_all[r]] + recv)
+    else:
+        x = torch.cat([xs_all[r]] + [x.index_select(0, lays[j].tail_index) for j, x in enumerate(xs_all)])
+    return x.index_select(0, lays[r].k_index)
+
+
 @pytest.mark.parametrize("cp", [2, 4])
 @pytest.mark.parametrize("window", [None, 5, 3, 40])
-def test_context_parallel_layouts_give_what_one_rank_gives(cp, window):
-    """Every rank attends over [halo from the exchanged tails, own chunk]; outputs and the
-    gradients (summed over ranks, as the tails exchange's backward sums them) equal CP = 1.
-    Windows shorter and longer than a chunk; sequences of different lengths."""
+@pytest.mark.parametrize("mode,padding", [("gather", 0), ("needed", 0), ("gather", 3), ("needed", 3)])
+def test_context_parallel_layouts_give_what_one_rank_gives(cp, window, mode, padding):
+    """Every rank attends over [halo from the other ranks' rows, own chunk]; outputs and the
+    gradients (summed over ranks, as the exchange's backward sums them) equal CP = 1.
+    Windows shorter and longer than a chunk; sequences of different lengths; the tails
+    all-gathered or only the rows each rank reads exchanged; trailing padding on every rank
+    (each padding token sees only itself)."""
     lengths = [8 * cp, 4 * cp, 12 * cp]
     T, H, G, D = sum(lengths), 4, 2, 16
     torch.manual_seed(5)
@@ -149,29 +186,50 @@ def test_context_parallel_layouts_give_what_one_rank_gives(cp, window):
     ref, _ = A.attend(*xs, full.q_lo, full.q_hi, 1.0, use_kernel=False)
     ref.backward(do)
 
+    pad = [tuple(torch.randn(padding, *t.shape[1:]) for t in (q, k, v)) for _ in range(cp)]
     gq, gk, gv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    lays = [A.build_layout(lengths, cp, r, window, "cpu") for r in range(cp)]
-    ks = [k[idx].clone().requires_grad_() for idx in local]
-    vs = [v[idx].clone().requires_grad_() for idx in local]
+    lays = _rank_layouts(lengths, cp, window, mode, padding)
+    ks = [torch.cat([k[idx], pad[r][1]]).requires_grad_() for r, idx in enumerate(local)]
+    vs = [torch.cat([v[idx], pad[r][2]]).requires_grad_() for r, idx in enumerate(local)]
     for r, idx in enumerate(local):
         lay = lays[r]
         A.check_ranges(lay.q_lo, lay.q_hi, lay.num_keys)
-        reach = (window - 1) if window else None
-        chunk_tails = sum(2 * (n // (2 * cp) if reach is None else min(reach, n // (2 * cp))) for n in lengths)
-        assert lay.tail_index.numel() == chunk_tails  # only the window's worth is exchanged
-        def keys(xs_all):
-            gathered = torch.cat([x.index_select(0, lays[j].tail_index) for j, x in enumerate(xs_all)])
-            return torch.cat([xs_all[r], gathered]).index_select(0, lay.k_index)
-        qr = q[idx].clone().requires_grad_()
+        if mode == "gather":
+            reach = (window - 1) if window else None
+            chunk_tails = sum(2 * (n // (2 * cp) if reach is None else min(reach, n // (2 * cp))) for n in lengths)
+            assert lay.tail_index.numel() == chunk_tails  # only the window's worth is exchanged
+        qr = torch.cat([q[idx], pad[r][0]]).requires_grad_()
+        n = idx.numel()
         for use_kernel in (False, True):
-            out, _ = A.attend(qr, keys(ks), keys(vs), lay.q_lo, lay.q_hi, 1.0, use_kernel=use_kernel)
-            assert rel(out, ref[idx]) < 1e-5, (r, use_kernel)
-        out.backward(do[idx])
-        gq[idx] += qr.grad
+            out, _ = A.attend(qr, _keys(lays, r, ks), _keys(lays, r, vs), lay.q_lo, lay.q_hi, 1.0,
+                              use_kernel=use_kernel)
+            assert rel(out[:n], ref[idx]) < 1e-5, (r, use_kernel)
+            if padding:  # a padding token sees only itself: its output is its value, per head
+                own = pad[r][2].repeat_interleave(H // G, dim=1)
+                assert rel(out[n:], own) < 1e-5, (r, use_kernel)
+        out.backward(torch.cat([do[idx], torch.zeros(padding, H, D)]))
+        gq[idx] += qr.grad[:n]
     for r, idx in enumerate(local):
-        gk[idx] += ks[r].grad
-        gv[idx] += vs[r].grad
+        gk[idx] += ks[r].grad[:idx.numel()]
+        gv[idx] += vs[r].grad[:idx.numel()]
     assert rel(gq, xs[0].grad) < 1e-5 and rel(gk, xs[1].grad) < 1e-5 and rel(gv, xs[2].grad) < 1e-5
+
+
+@pytest.mark.parametrize("cp", [2, 4])
+def test_sliding_layers_receive_only_the_window_from_their_neighbours(cp):
+    """Chunks longer than the window: each rank receives window - 1 rows for each of its chunks
+    that has an earlier chunk held elsewhere, from rank - 1 or rank + 1 only; under the all-gather
+    it would receive every rank's tails."""
+    window, chunk = 5, 16
+    lengths = [2 * cp * chunk, 2 * cp * chunk]
+    lays = _rank_layouts(lengths, cp, window, "needed")
+    for r, lay in enumerate(lays):
+        recv = lay.exchange.recv_counts
+        assert all(n == 0 for j, n in enumerate(recv) if abs(j - r) != 1), (r, recv)
+        # chunk r reads chunk r-1 (rank r-1); chunk 2cp-1-r reads chunk 2cp-2-r (rank r+1, or itself)
+        want = (window - 1) * len(lengths) * ((r > 0) + (r < cp - 1))
+        assert sum(recv) == want, (r, recv)
+        assert sum(lay.exchange.send_counts) == want  # symmetric: what r sends, its neighbours read
 
 
 def test_broken_layouts_are_refused_not_computed():
