@@ -86,7 +86,10 @@ def test_dry_run_prints_a_private_ray_head_on_loopback_and_the_job(script, mode)
     args = train_args(cmds)
     assert flag(args, "--loss-mask-type") == "gemma4" and flag(args, "--megatron-to-hf-mode") == "raw"
     assert flag(args, "--rm-type") == "math"
-    assert "--load" not in args and "--ref-load" not in args  # the HF checkpoint loads directly
+    # slime's raw mode asserts on a run with neither: --load (the save folder) resumes a run that
+    # saved a Megatron checkpoint, else slime loads --ref-load, the HF checkpoint, directly
+    assert flag(args, "--ref-load") == flag(args, "--hf-checkpoint")
+    assert flag(args, "--load") == flag(args, "--save")
     moe = "26B" in script
     assert ("--use-rollout-routing-replay" in args) == moe
     gpus = 8
