@@ -93,7 +93,8 @@ def test_the_batch_is_one_optimizer_step_a_rollout(tmp_path):
     got = S.effective(S.extra_args(_conf("dense"), "dense", tmp_path))
     rollout = int(got["--rollout-batch-size"][0]) * int(got["--n-samples-per-prompt"][0])
     assert int(got["--global-batch-size"][0]) == rollout  # slime: one train step per rollout
-    assert got["--ref-load"] == [str(tmp_path)] and "--use-kl-loss" in got and got["--kl-loss-coef"] == ["0"]
+    assert "--ref-load" not in got  # the run scripts' own, checked on their command
+    assert "--use-kl-loss" in got and got["--kl-loss-coef"] == ["0"]
     assert float(got["--lr"][0]) == S.LR and got["--rm-type"] == ["f1"]
 
 
@@ -199,8 +200,12 @@ def test_the_run_scripts_dry_run_carries_the_tiers_flags(kind, tmp_path):
     head = [ln for ln in res.stdout.splitlines() if ln.startswith("+ ray start")]
     assert len(head) == 1 and "--node-ip-address 127.0.0.1" in head[0] and "--num-gpus 1" in head[0], res.stdout
     argv = S.train_command(res.stdout)
-    assert S.check_command(argv, extra, kind) == []
+    assert S.check_command(argv, extra, kind, dest / "ckpt") == []
     got = S.effective(argv)
+    assert got["--ref-load"] == [str(dest / "ckpt")]
+    # a run script without it is caught by name
+    bare = [a for i, a in enumerate(argv) if a != "--ref-load" and (i == 0 or argv[i - 1] != "--ref-load")]
+    assert any(w.startswith("--ref-load is 'missing'") for w in S.check_command(bare, extra, kind, dest / "ckpt"))
     assert got["--num-layers"] == [str(conf["num_hidden_layers"])]  # the 31B's / 26B's 60 / 30 overridden
     assert got["--hf-checkpoint"] == [str(dest / "ckpt")] and got["--num-rollout"] == ["2"]
     assert got["--rollout-max-response-len"] == [str(S.RESPONSE_LEN)]
@@ -409,7 +414,7 @@ def _fake_tree(tmp_path: Path, body: str) -> tuple[Path, Path]:
             set -euo pipefail
             if [ "${{DRY_RUN:-0}}" = 1 ]; then
               echo "+ ray start --head --block --node-ip-address 127.0.0.1 --num-gpus $GPUS_PER_NODE"
-              echo "+ ray job submit --address http://127.0.0.1:8265 -- python3 {slime}/train.py --colocate --num-layers 60 {replay} $EXTRA_ARGS"
+              echo "+ ray job submit --address http://127.0.0.1:8265 -- python3 {slime}/train.py --colocate --num-layers 60 --ref-load $HF_CHECKPOINT {replay} $EXTRA_ARGS"
               exit 0
             fi
             """) + body)

@@ -10,10 +10,9 @@ tier appends its own through `EXTRA_ARGS` (argparse: the last flag wins):
 * the model flags derived from the tiny checkpoint's config.json (`model_flags`, the same mapping
   as slime_plugins/models/gemma4/provider.py's `megatron_args_for`), TP/PP/CP/EP 1, one SGLang
   engine of one GPU;
-* the checkpoint: `--ref-load` the HF checkpoint (in `--megatron-to-hf-mode raw` slime takes its
-  first weights from `--ref-load`; the run scripts pass none, see below) and `--use-kl-loss` with the
-  scripts' `--kl-loss-coef 0`, so that slime computes the initial policy's log-probabilities on
-  every rollout without changing the loss;
+* `--use-kl-loss` with the scripts' `--kl-loss-coef 0`, so that slime computes the initial policy's
+  log-probabilities on every rollout without changing the loss (the reference is the run scripts'
+  `--ref-load`, the HF checkpoint, from which slime's raw mode also takes the first weights);
 * the data: 8 prompts of 40 words and a label of 64 words each (`write_data`), 4 prompts x 8 samples
   a rollout, 40-token responses, one global batch (one optimizer step) a rollout, reward `--rm-type
   f1` (slime's word-overlap F1 of the response against the label: it varies between the samples
@@ -25,7 +24,8 @@ tier appends its own through `EXTRA_ARGS` (argparse: the last flag wins):
 The checkpoint gets a word-level tokenizer (`tokenizer_files`: one word per token id, a chat
 template that passes the prompt through), because slime tokenizes prompts and SGLang detokenizes
 responses. Before the run the same script runs with `DRY_RUN=1` and the `train.py` command it
-prints is checked: every flag the tier sets must be the one in effect (`check_command`).
+prints is checked: every flag the tier sets must be the one in effect, and the script's own
+`--ref-load` must be the checkpoint (`check_command`).
 
 What proves the step, read from slime's log (its `logger.info` lines, forwarded by Ray):
 
@@ -63,11 +63,11 @@ it has not run in this project, which has no GPU node with the image. Outside it
 run: the flags against the configs, the tokenizer and data files, the dry run of the real run
 scripts, and the log parsing and decision on log excerpts in slime's format.
 
-What the run scripts would need to be driven without overrides (they are not changed here): a way
-to replace the fixed model flags of scripts/models/gemma4-*.sh (a MODEL_ARGS_FILE knob, or the
-flags derived from HF_CHECKPOINT's config.json), and `--ref-load "${HF_CHECKPOINT}"` in CKPT_ARGS:
-without `--load` or `--ref-load`, slime in raw mode leaves args.load None and Megatron's
-setup_model_and_optimizer asserts on it.
+What the run scripts would need to be driven without overrides: a way to replace the fixed model
+flags of scripts/models/gemma4-*.sh (a MODEL_ARGS_FILE knob, or the flags derived from
+HF_CHECKPOINT's config.json); today the tier overrides them.  (This tier's dry run found that the
+scripts passed neither `--load` nor `--ref-load`, on which slime's raw mode hands Megatron no
+checkpoint and setup_model_and_optimizer asserts; they now pass both.)
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def extra_args(conf: dict, kind: str, ckpt_dir: Path) -> list[str]:
         "--tensor-model-parallel-size", "1", "--pipeline-model-parallel-size", "1",
         "--context-parallel-size", "1", "--expert-model-parallel-size", "1", "--expert-tensor-parallel-size", "1",
         "--rollout-num-gpus-per-engine", "1", "--sglang-mem-fraction-static", "0.3",
-        "--ref-load", str(ckpt_dir), "--use-kl-loss", "--kl-loss-coef", "0",
+        "--use-kl-loss", "--kl-loss-coef", "0",
         "--rm-type", "f1", "--rollout-batch-size", str(ROLLOUT_BATCH), "--n-samples-per-prompt", str(N_SAMPLES),
         "--global-batch-size", str(ROLLOUT_BATCH * N_SAMPLES), "--lr", str(LR), "--skip-eval-before-train",
     ]
@@ -256,11 +256,16 @@ def _same(want: list[str], got: list[str]) -> bool:
         return False
 
 
-def check_command(argv: list[str], extra: list[str], kind: str) -> list[str]:
+def check_command(argv: list[str], extra: list[str], kind: str, ckpt_dir: Path | None = None) -> list[str]:
     """What is wrong with the train.py command: each flag of `extra` must be in effect with its
-    value, and the MoE run must replay the rollout's routing. [] when nothing is."""
+    value, the MoE run must replay the rollout's routing, and (given `ckpt_dir`) the run script
+    must load the HF checkpoint (`--ref-load`; slime's raw mode asserts without it). [] when
+    nothing is."""
     have = effective(argv)
     wrong = []
+    if ckpt_dir is not None and have.get("--ref-load") != [str(ckpt_dir)]:
+        wrong.append(f"--ref-load is {' '.join(have.get('--ref-load') or ['missing'])!r}, not the HF checkpoint "
+                     f"{ckpt_dir} (slime's raw mode loads its first weights from it)")
     for flag, vals in effective(extra).items():
         got = have.get(flag)
         if got is None:
@@ -486,7 +491,7 @@ def step(slime: Path, megatron: Path, src_ckpt: Path, work: Path, kind: str, gpu
     if dry.returncode != 0:
         return "FAIL", f"{RUN_SCRIPTS[kind]} DRY_RUN=1 exited {dry.returncode}: {dry.stderr.strip()[-400:]}", {}, \
             f"read {dest / 'dry-run.log'}"
-    wrong = check_command(train_command(dry.stdout), extra, kind)
+    wrong = check_command(train_command(dry.stdout), extra, kind, dest / "ckpt")
     if wrong:
         return "FAIL", f"the train.py command {RUN_SCRIPTS[kind]} builds: " + "; ".join(wrong), {}, \
             "the run script's flags come after EXTRA_ARGS or drop them: read " + str(dest / "dry-run.log")
