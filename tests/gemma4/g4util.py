@@ -215,6 +215,19 @@ def load_from_hf(model, settings, state: dict, par=None):
     return load_into(model, wmap.hf_to_mcore(lambda k: state[k], par or Parallel()))
 
 
+def hf_named_grads(model, settings) -> dict:
+    """Our parameters' gradients, renamed and re-laid out as HF tensors (through the converter)."""
+    from slime_plugins.models.gemma4.weights import Gemma4ToHF
+
+    conv = Gemma4ToHF(settings)
+    out = {}
+    for name, p in model.named_parameters():
+        for hf_name, t in conv.convert(name, p.grad):
+            out[hf_name] = t
+    assert not conv.pending
+    return out
+
+
 def packed_params(lengths: list[int]):
     import torch
     from megatron.core.packed_seq_params import PackedSeqParams

@@ -179,13 +179,7 @@ def test_whole_moe_model_matches_transformers(mpu, impl):
     assert rel_max(ours, ref) < 1e-5
     F.cross_entropy(ref.flatten(0, 1), labels.flatten()).backward()
     F.cross_entropy(ours.flatten(0, 1), labels.flatten()).backward()
-    from slime_plugins.models.gemma4.weights import Gemma4ToHF
-
-    conv = Gemma4ToHF(settings)
-    got = {}
-    for name, p in model.named_parameters():
-        for hf_name, t in conv.convert(name, p.grad):
-            got[hf_name] = t
+    got = g4util.hf_named_grads(model, settings)
     want = {n: p.grad for n, p in hf.named_parameters() if p.grad is not None and n != "lm_head.weight"}
     assert set(got) == set(want)
     worst = max((rel_max(got[n], g), n) for n, g in want.items())

@@ -21,19 +21,6 @@ def _pair(kind):
     return hf, model, settings
 
 
-def _hf_grads_in_megatron_names(model, settings):
-    """Our parameters' gradients, renamed and re-laid out as HF tensors (through the converter)."""
-    from slime_plugins.models.gemma4.weights import Gemma4ToHF
-
-    conv = Gemma4ToHF(settings)
-    out = {}
-    for name, p in model.named_parameters():
-        for hf_name, t in conv.convert(name, p.grad):
-            out[hf_name] = t
-    assert not conv.pending
-    return out
-
-
 @pytest.mark.parametrize("kind", ["dense", "moe"])
 def test_unpacked_logits_loss_and_gradients_match_transformers(mpu, kind):
     hf, model, settings = _pair(kind)
@@ -53,7 +40,7 @@ def test_unpacked_logits_loss_and_gradients_match_transformers(mpu, kind):
 
     ref_loss.backward()
     loss.backward()
-    ours_grads = _hf_grads_in_megatron_names(model, settings)
+    ours_grads = g4util.hf_named_grads(model, settings)
     ref_grads = {n: p.grad for n, p in hf.named_parameters() if p.grad is not None}
     ref_grads.pop("lm_head.weight", None)  # tied: the same tensor as the embedding
     assert set(ours_grads) == set(ref_grads)
@@ -75,7 +62,7 @@ def test_packed_thd_input_matches_transformers_per_sequence(mpu, kind):
     labels = torch.randint(0, settings.vocab_size, (sum(lengths),))
     F.cross_entropy(ref, labels).backward()
     F.cross_entropy(ours, labels).backward()
-    ours_grads = _hf_grads_in_megatron_names(model, settings)
+    ours_grads = g4util.hf_named_grads(model, settings)
     for name, p in hf.named_parameters():
         if p.grad is not None and name != "lm_head.weight":
             assert rel_max(ours_grads[name], p.grad) < GRAD_TOL, name
