@@ -95,6 +95,70 @@ def test_transposed_dkdv_tiles_match_fp64(monkeypatch, case):
             assert rel(ours, ref) < 5e-5, (split_above, name, rel(ours, ref))
 
 
+def _all_tiles(**flags):
+    """Small fp32 tiles for every pass and head dim the tests use, with `flags` set."""
+    return {f"{kind}/{d}": dict(BM=16, BN=16, warps=4, stages=1, **flags)
+            for kind in ("fwd", "dq", "dkdv") for d in (16, 32)}
+
+
+def _inner_tiles(lengths, window, H, G, padding=0):
+    """How many (query tile, key tile) pairs the dK/dV pass takes as wholly visible."""
+    lay = A.build_layout(lengths, 1, 0, window, "cpu", padding)
+    tt = max(1, 16 // (H // G))
+    _, _, f_lo, f_hi = A._key_tile_query_ranges(lay.q_lo, lay.q_hi, lay.num_keys, 16, tt)
+    return int((f_hi - f_lo).sum())
+
+
+FULL_CASES = {
+    "global causal 4:1, 150 tokens": ([150], 4, 1, 16, None, 0),
+    "packed 4:2 with padding": ([61, 1, 47], 4, 2, 16, None, 5),
+    "sliding 4:2 w37, packed": ([90, 53], 4, 2, 16, 37, 0),
+    "sliding 8:2 w20, split head dim": ([71], 8, 2, 32, 20, 0),
+}
+
+
+@pytest.mark.parametrize("case", list(FULL_CASES))
+@pytest.mark.parametrize("transposed", [False, True])
+def test_wholly_visible_tiles_run_unmasked_and_match_fp64(monkeypatch, case, transposed):
+    """With tiles key 'full', the key tiles every row of a query tile sees whole (and, in the
+    dK/dV pass, the query tiles that see a key tile whole) skip the range mask.  Which branch a
+    tile takes must never change the result: fp64 reference, packed sequences, padding,
+    windows, head dims split in two; with the score tiles as queries x keys, or transposed
+    (keys x queries: 'kt' in dK/dV, 'qb' in the forward and dQ, as the global layers run)."""
+    import json
+
+    lengths, H, G, D, window, padding = FULL_CASES[case]
+    assert _inner_tiles(lengths, window, H, G, padding) > 0  # the unmasked branch is taken
+    tiles = _all_tiles(full=True)
+    for key in tiles:
+        tiles[key]["kt" if key.startswith("dkdv") else "qb"] = transposed
+    monkeypatch.setenv("GEMMA4_ATTENTION_TILES", json.dumps(tiles))
+    if D == 32:
+        monkeypatch.setattr(A, "SPLIT_ABOVE", 16)
+    res = run_both(lengths, H, G, D, window, padding)
+    for name, (ours, ref) in res.items():
+        assert rel(ours, ref) < 5e-5, (name, rel(ours, ref))
+
+
+def test_wholly_visible_tile_ranges_are_exact():
+    """The dK/dV pass's (f_lo, f_hi) per key tile, checked against the ranges themselves:
+    inside it every row of a query tile sees every key of the key tile; a complete query
+    tile just outside it does not."""
+    for lengths, window, padding in (([150], None, 0), ([61, 1, 47], None, 5), ([90, 53], 37, 0), ([33], 4, 2)):
+        lay = A.build_layout(lengths, 1, 0, window, "cpu", padding)
+        T, TK, bn, tt = lay.q_lo.numel(), lay.num_keys, 16, 4
+        t_lo, t_hi, f_lo, f_hi = A._key_tile_query_ranges(lay.q_lo, lay.q_hi, TK, bn, tt)
+        lo, hi = lay.q_lo.long(), lay.q_hi.long()
+        for nb in range(len(f_lo)):
+            n0 = nb * bn
+            whole = [t for t in range(T // tt)
+                     if n0 + bn <= TK and bool(((lo[t * tt:(t + 1) * tt] <= n0)
+                                                & (hi[t * tt:(t + 1) * tt] >= n0 + bn)).all())]
+            got = list(range(int(f_lo[nb]), int(f_hi[nb])))
+            assert got == whole, (lengths, window, nb, got, whole)
+            assert int(t_lo[nb]) <= int(f_lo[nb]) <= int(f_hi[nb]) <= int(t_hi[nb])
+
+
 def test_split_head_dim_path_matches(monkeypatch):
     """The global layers' 512 is split in two halves for the dot products; exercise that
     code path at a small head_dim by lowering the split threshold."""
