@@ -12,7 +12,16 @@ TFLOP/s count attended (query, key) pairs only: forward 4 * pairs * heads * head
 the backward 2.5 times that (the convention FlashAttention's papers use), so fwd+bwd is
 14 * pairs * heads * head_dim. Peak memory is torch's peak allocation over the step,
 inputs included, and is also given as a multiple of the bytes of q, k, v, the output and
-their four gradients. Bars from the issue are printed next to the figures.
+their four gradients. Bars from the issue are printed next to the figures. Time per step:
+CUDA events around steps run back to back, gradients fresh each step (timed, fresh_backward);
+figures before 2026-11-29 (git history of bench/results) synchronised the host after every
+step and accumulated the gradients (BENCH_OLD_TIMING=1 still does). On the same kernels that
+changes the global layers by at most 1% at 8k and 32k; the sliding layers' steps of a few
+milliseconds lose more (4k: 139 instead of 217 TFLOP/s; 32k: 274 instead of 290), and peak
+memory at 32k reads 1.28-1.34x io with the accumulated gradients instead of 1.00x.
+
+--variants times our step with other tile tables and lists each kernel's time (profiler);
+--flex-variants tries other forms of the FlexAttention anchor and shows the fastest.
 
 --model adds tokens/s of a two-layer (one sliding, one global) 31B-shaped Megatron model
 (vocabulary 32768), forward + backward at S = 32768, with the old attention and the new one.
@@ -39,6 +48,13 @@ LAYERS = {
 # FlexAttention at head_dim 512 needs small tiles to fit in shared memory (FACTS.md anchors)
 FLEX_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_M1": 32, "BLOCK_N1": 32, "BLOCK_M2": 32, "BLOCK_N2": 32,
               "num_stages": 1}
+# --flex-variants: other ways to run the same FlexAttention anchor (the table shows the fastest
+# of those that ran, and names it); "expand": K/V repeated to every query head instead of enable_gqa
+FLEX_VARIANTS = {
+    "gqa": dict(tiles=FLEX_TILES, expand=False),
+    "expand": dict(tiles=FLEX_TILES, expand=True),
+    "gqa-stages-default": dict(tiles={k: v for k, v in FLEX_TILES.items() if k != "num_stages"}, expand=False),
+}
 
 
 def pairs(S: int, window) -> int:
@@ -47,17 +63,52 @@ def pairs(S: int, window) -> int:
     return window * (window + 1) // 2 + (S - window) * window
 
 
+OLD_TIMING = os.environ.get("BENCH_OLD_TIMING") == "1"
+
+
 def timed(fn, iters):
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
+    """Median seconds per step.  After two warm-up steps, each of `iters` timings runs `reps`
+    steps back to back between two CUDA events (no host synchronisation in between, as in a
+    model, where the CPU queues layers ahead of the GPU), with reps chosen so that a timing
+    lasts about 50 ms; slow steps are timed one by one.  BENCH_OLD_TIMING=1: the timing used
+    before 2026-11-29 (host synchronised after every step), for comparison."""
+    if OLD_TIMING:
         fn()
         torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
+        times = []
+        for _ in range(iters):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        return sorted(times)[len(times) // 2]
+    fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    reps = max(1, min(50, int(0.05 / max(time.perf_counter() - t, 1e-6))))
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(reps):
+            fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / reps)
     return sorted(times)[len(times) // 2]
+
+
+def fresh_backward(out, grad, leaves):
+    """out.backward(grad) into fresh gradients: in a model q, k and v are activations whose
+    gradients flow on, never accumulated, so the step must not time an accumulation."""
+    if not OLD_TIMING:  # before 2026-11-29 the gradients accumulated over the steps
+        for t in leaves:
+            t.grad = None
+    out.backward(grad)
 
 
 def inputs(S, H, G, D, layout):
@@ -80,12 +131,14 @@ def step_ours(S, H, G, D, window):
 
     def fn():
         o, _ = A.attend(q, k, v, lay.q_lo, lay.q_hi, 1.0, use_kernel=True)
-        o.backward(do)
+        fresh_backward(o, do, (q, k, v))
     return fn
 
 
-def step_flex(S, H, G, D, window):
+def step_flex(S, H, G, D, window, variant="gqa"):
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    tiles, expand = FLEX_VARIANTS[variant]["tiles"], FLEX_VARIANTS[variant]["expand"]
 
     def mask(b, h, qi, ki):
         ok = ki <= qi
@@ -99,8 +152,12 @@ def step_flex(S, H, G, D, window):
     q, k, v, do = inputs(S, H, G, D, "bhsd")
 
     def fn():
-        o = flex(q, k, v, block_mask=block, scale=1.0, enable_gqa=True, kernel_options=FLEX_TILES)
-        o.backward(do)
+        if expand:
+            o = flex(q, k.repeat_interleave(H // G, dim=1), v.repeat_interleave(H // G, dim=1),
+                     block_mask=block, scale=1.0, kernel_options=tiles)
+        else:
+            o = flex(q, k, v, block_mask=block, scale=1.0, enable_gqa=True, kernel_options=tiles)
+        fresh_backward(o, do, (q, k, v))
     return fn
 
 
@@ -117,20 +174,23 @@ def step_sdpa_mask(S, H, G, D, window):
         kh = k.repeat_interleave(H // G, dim=1)
         vh = v.repeat_interleave(H // G, dim=1)
         o = F.scaled_dot_product_attention(q, kh, vh, attn_mask=mask[None, None], scale=1.0)
-        o.backward(do)
+        fresh_backward(o, do, (q, k, v))
     return fn
 
 
 STEPS = {"ours": step_ours, "flex": step_flex, "sdpa": step_sdpa_mask}
 
 
-def measure(impl, layer, S, iters):
+def measure(impl, layer, S, iters, flex_variant="gqa"):
     shape = LAYERS[layer]
     H, G, D, window = shape["H"], shape["G"], shape["D"], shape["window"]
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     try:
-        fn = STEPS[impl](S, H, G, D, window)
+        if impl == "flex":
+            fn = step_flex(S, H, G, D, window, flex_variant)
+        else:
+            fn = STEPS[impl](S, H, G, D, window)
         sec = timed(fn, iters if impl != "sdpa" or S < 32768 else 1)
     except torch.OutOfMemoryError:
         return dict(impl=impl, layer=layer, S=S, error="out of memory")
@@ -141,8 +201,50 @@ def measure(impl, layer, S, iters):
     peak = torch.cuda.max_memory_allocated()
     io = 2 * (2 * S * H * D + 2 * S * G * D) * 2  # q, o, k, v and their gradients, bf16
     flops = 14 * pairs(S, window) * H * D
-    return dict(impl=impl, layer=layer, S=S, ms=sec * 1e3, tflops=flops / sec / 1e12,
-                peak_gib=peak / 2**30, peak_over_io=peak / io)
+    row = dict(impl=impl, layer=layer, S=S, ms=sec * 1e3, tflops=flops / sec / 1e12,
+               peak_gib=peak / 2**30, peak_over_io=peak / io)
+    if impl == "flex":
+        row["variant"] = flex_variant
+    return row
+
+
+def measure_flex(layer, S, iters, variants):
+    """The fastest of the FlexAttention variants asked for (each row is kept in `tried`)."""
+    rows = [dict(measure("flex", layer, S, iters, v), variant=v) for v in variants]
+    ok = [r for r in rows if "ms" in r]
+    best = dict(min(ok, key=lambda r: r["ms"]) if ok else rows[0])
+    if len(rows) > 1:
+        best["tried"] = rows
+    return best
+
+
+def passes(layer, S, iters):
+    """Our step's time per kernel (torch profiler, CUDA time per launch), with the executed
+    TFLOP/s of each: forward 2 units, dK/dV 4, dQ 3 of 2 * pairs * heads * head_dim."""
+    from torch.profiler import ProfilerActivity, profile
+
+    shape = LAYERS[layer]
+    H, G, D, window = shape["H"], shape["G"], shape["D"], shape["window"]
+    fn = step_ours(S, H, G, D, window)
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    unit = 2 * pairs(S, window) * H * D
+    units = {"_fwd_kernel": 2, "_dkdv_kernel": 4, "_dq_kernel": 3, "_delta_kernel": 0}
+    out, other = {}, []
+    for ev in prof.key_averages():
+        if ev.key in units:
+            ms = ev.device_time_total / ev.count / 1e3
+            out[ev.key] = dict(ms=ms, executed_tflops=units[ev.key] * unit / ms / 1e9)
+        elif ev.device_time_total > 0:
+            other.append((ev.device_time_total / iters / 1e3, ev.key))
+    if os.environ.get("BENCH_OTHER_KERNELS"):
+        for ms, key in sorted(other, reverse=True)[:6]:
+            print(f"    other kernel per step: {ms:.3f} ms {key[:90]}")
+    return out
 
 
 def bars(layer, rows):
@@ -231,6 +333,21 @@ def sweep(layer, S, kinds=("fwd", "dkdv", "dq")):
     print("TILES", json.dumps(base))
 
 
+def try_variants(layer, S, variants):
+    """Our step with each of the given tile tables (JSON objects in TILES' override form,
+    'pass/head_dim' -> tiles; keys not given keep TILES), then its kernels one by one."""
+    for text in variants:
+        os.environ["GEMMA4_ATTENTION_TILES"] = text
+        r = measure("ours", layer, S, 3)
+        line = f"{layer} S={S} {text}: " + (f"step {r['ms']:.1f} ms, {r['tflops']:.0f} TFLOP/s" if "ms" in r else r["error"])
+        if "ms" in r:
+            per = passes(layer, S, 2)
+            line += " | " + ", ".join(f"{k.strip('_').replace('_kernel', '')} {v['ms']:.2f} ms"
+                                      f" ({v['executed_tflops']:.0f})" for k, v in per.items())
+        print(line, flush=True)
+    os.environ.pop("GEMMA4_ATTENTION_TILES", None)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seqs", type=int, nargs="*", default=[4096, 8192, 16384, 32768, 65536])
@@ -240,6 +357,9 @@ def main():
     ap.add_argument("--model", action="store_true", help="also a 2-layer 31B-shaped model at S=32768")
     ap.add_argument("--sweep", choices=list(LAYERS))
     ap.add_argument("--kinds", nargs="*", default=["fwd", "dkdv", "dq"], help="passes to sweep")
+    ap.add_argument("--variants", nargs="*", help="tile tables (JSON) to time our step and its kernels with")
+    ap.add_argument("--flex-variants", nargs="*", default=["gqa"], choices=list(FLEX_VARIANTS),
+                    help="FlexAttention forms to try; the fastest is shown")
     ap.add_argument("--json", help="append every row to this JSON-lines file")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -250,12 +370,18 @@ def main():
         for S in args.seqs:
             sweep(args.sweep, S, args.kinds)
         return
+    if args.variants is not None:
+        for layer in args.layers:
+            for S in args.seqs:
+                try_variants(layer, S, args.variants or ["{}"])
+        return
     device = torch.cuda.get_device_name()
     rows = []
     for layer in args.layers:
         print(f"\n{layer} layers ({LAYERS[layer]}), {device}, bf16, forward+backward")
         print(f"{'S':>6} | " + " | ".join(f"{impl:>30}" for impl in STEPS if impl not in args.skip))
         failed = set()
+        notes = []
         for S in args.seqs:
             cells = []
             for impl in STEPS:
@@ -263,6 +389,8 @@ def main():
                     continue
                 if impl in failed:
                     r = dict(impl=impl, layer=layer, S=S, error="skipped after out of memory")
+                elif impl == "flex":
+                    r = measure_flex(layer, S, args.iters, args.flex_variants)
                 else:
                     r = measure(impl, layer, S, args.iters)
                 if r.get("error") == "out of memory":
@@ -271,7 +399,13 @@ def main():
                 rows.append(r)
                 cells.append(f"{r['tflops']:5.0f} TFLOP/s {r['ms']:8.1f} ms {r['peak_gib']:5.1f} GiB"
                              if "ms" in r else r["error"][:30])
+                if impl == "flex" and "tried" in r:
+                    notes.append(f"  flex at {S}: " + ", ".join(
+                        f"{t['variant']} {t['tflops']:.0f} TFLOP/s" if "ms" in t else f"{t['variant']} {t['error'][:40]}"
+                        for t in r["tried"]))
             print(f"{S:>6} | " + " | ".join(f"{c:>30}" for c in cells), flush=True)
+        for line in notes:
+            print(line)
         for line in bars(layer, [r for r in rows if r["layer"] == layer]):
             print("  " + line)
     if args.model:
