@@ -53,7 +53,6 @@ FLEX_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_M1": 32, "BLOCK_N1": 32, "BLO
 FLEX_VARIANTS = {
     "gqa": dict(tiles=FLEX_TILES, expand=False),
     "expand": dict(tiles=FLEX_TILES, expand=True),
-    "gqa-stages-default": dict(tiles={k: v for k, v in FLEX_TILES.items() if k != "num_stages"}, expand=False),
 }
 
 
@@ -358,7 +357,7 @@ def main():
     ap.add_argument("--sweep", choices=list(LAYERS))
     ap.add_argument("--kinds", nargs="*", default=["fwd", "dkdv", "dq"], help="passes to sweep")
     ap.add_argument("--variants", nargs="*", help="tile tables (JSON) to time our step and its kernels with")
-    ap.add_argument("--flex-variants", nargs="*", default=["gqa"], choices=list(FLEX_VARIANTS),
+    ap.add_argument("--flex-variants", nargs="*", default=list(FLEX_VARIANTS), choices=list(FLEX_VARIANTS),
                     help="FlexAttention forms to try; the fastest is shown")
     ap.add_argument("--json", help="append every row to this JSON-lines file")
     args = ap.parse_args()
