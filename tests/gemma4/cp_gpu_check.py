@@ -1,19 +1,26 @@
 """Context parallelism of Gemma4's attention on 2 or 4 GPUs (NCCL), against CP = 1 (run by hand).
 
-    python3 tests/gemma4/cp_gpu_check.py CP [--json out.jsonl]
+    python3 tests/gemma4/cp_gpu_check.py CP [--json out.jsonl] [--one-gpu]
 
 Every rank holds chunks r and 2cp-1-r of each packed sequence (Megatron's layout):
 1. one global layer (32:4 heads of 512) and one sliding layer (32:16 of 256, window 1024)
    of attention alone, bf16: output and q/k/v gradients of this rank's tokens against
-   the same layer run on the whole sequences on one GPU (CP = 1);
+   the same layer run on the whole sequences on one GPU (CP = 1).  The sliding layer runs
+   twice: receiving only the window before each chunk (one all-to-all, what the model
+   runs) and with every rank's tails all-gathered;
 2. a two-layer (sliding, global) bf16 Megatron model: logits and every parameter
    gradient (summed over CP ranks) against the same model with CP switched off;
 3. peak memory of a 64k-token global layer, forward + backward, per rank, against CP = 1.
 Exit status 1 when a difference exceeds its bound (printed).
+
+--one-gpu: every rank on the first GPU, talking through Gloo instead of NCCL (the kernels,
+layouts and autograd are the same; only the transport differs).  For machines with one GPU;
+the peak memory per rank is still each process's own.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -46,7 +53,7 @@ def local_index(lengths, cp, rank):
     return torch.cat(out).cuda()
 
 
-def op_check(cp, rank, group, H, G, D, window, lengths):
+def op_check(cp, rank, group, H, G, D, window, lengths, exchange=False):
     from slime_plugins.models.gemma4 import attention as A
 
     T = sum(lengths)
@@ -59,12 +66,17 @@ def op_check(cp, rank, group, H, G, D, window, lengths):
     ref, _ = A.attend(*xs, full.q_lo, full.q_hi, 1.0)
     ref.backward(do)
     idx = local_index(lengths, cp, rank)
-    lay = A.build_layout(lengths, cp, rank, window, "cuda")
+    if exchange:  # as the model's sliding layers: only the rows this rank's keys read
+        lay = A.exchange_needed_rows([A.build_layout(lengths, cp, r, window, "cuda") for r in range(cp)], rank)
+        received = sum(lay.exchange.recv_counts)
+    else:
+        lay = A.build_layout(lengths, cp, rank, window, "cuda")
+        received = int(lay.tail_index.numel()) * (cp - 1)
     ls = [t[idx].clone().requires_grad_() for t in (q, k, v)]
     out, _ = A.attend(ls[0], A.keys_for(ls[1], lay, group), A.keys_for(ls[2], lay, group), lay.q_lo, lay.q_hi, 1.0)
     out.backward(do[idx])
     return dict(out=rel(out, ref[idx]), dq=rel(ls[0].grad, xs[0].grad[idx]), dk=rel(ls[1].grad, xs[1].grad[idx]),
-                dv=rel(ls[2].grad, xs[2].grad[idx]), tails_per_rank=int(lay.tail_index.numel()), tokens_per_rank=int(idx.numel()))
+                dv=rel(ls[2].grad, xs[2].grad[idx]), rows_received=received, tokens_per_rank=int(idx.numel()))
 
 
 def peak_check(cp, rank, group, S=65536):
@@ -127,9 +139,9 @@ def model_check(cp, rank, group):
     return dict(logits=rel(ours[0], ref[0, idx]), grads=worst)
 
 
-def worker(rank, cp, rendezvous, path):
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", init_method=rendezvous, rank=rank, world_size=cp)
+def worker(rank, cp, rendezvous, path, one_gpu=False):
+    torch.cuda.set_device(0 if one_gpu else rank)
+    dist.init_process_group("gloo" if one_gpu else "nccl", init_method=rendezvous, rank=rank, world_size=cp)
     from megatron.core import parallel_state
 
     parallel_state.initialize_model_parallel(context_parallel_size=cp)
@@ -138,7 +150,8 @@ def worker(rank, cp, rendezvous, path):
     try:
         lengths = [8192, 2048, 6144]
         res["global"] = op_check(cp, rank, group, 32, 4, 512, None, lengths)
-        res["sliding"] = op_check(cp, rank, group, 32, 16, 256, 1024, lengths)
+        res["sliding"] = op_check(cp, rank, group, 32, 16, 256, 1024, lengths, exchange=True)
+        res["sliding all-gather"] = op_check(cp, rank, group, 32, 16, 256, 1024, lengths)
         res["model"] = model_check(cp, rank, group)
         res["peak_gib_cp"] = peak_check(cp, rank, group)
         if rank == 0:
@@ -150,10 +163,16 @@ def worker(rank, cp, rendezvous, path):
 
 
 def main():
-    cp = int(sys.argv[1])
-    out_json = sys.argv[3] if len(sys.argv) > 3 and sys.argv[2] == "--json" else None
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("cp", type=int, choices=[2, 4])
+    ap.add_argument("--json", help="append every rank's results to this JSON-lines file")
+    ap.add_argument("--one-gpu", action="store_true", help="all ranks on the first GPU, through Gloo")
+    args = ap.parse_args()
+    cp, out_json = args.cp, args.json
+    if not args.one_gpu and torch.cuda.device_count() < cp:
+        sys.exit(f"CP={cp} needs {cp} GPUs ({torch.cuda.device_count()} here); --one-gpu runs every rank on one")
     tmp = tempfile.mkdtemp(prefix="gemma4-cp-")
-    mp.spawn(worker, args=(cp, f"file://{tmp}/rendezvous", f"{tmp}/result"), nprocs=cp, join=True)
+    mp.spawn(worker, args=(cp, f"file://{tmp}/rendezvous", f"{tmp}/result", args.one_gpu), nprocs=cp, join=True)
     ok = True
     rows = []
     for rank in range(cp):
@@ -162,12 +181,12 @@ def main():
             print(f"rank {rank}: {r['error']}")
             ok = False
             continue
-        for layer in ("global", "sliding"):
+        for layer in ("global", "sliding", "sliding all-gather"):
             x = r[layer]
             good = x["out"] < BOUND_OUT and max(x["dq"], x["dk"], x["dv"]) < BOUND_GRAD
             ok &= good
-            print(f"cp={cp} rank {rank} {layer:7} out {x['out']:.2e} dq {x['dq']:.2e} dk {x['dk']:.2e} dv {x['dv']:.2e} "
-                  f"(tokens {x['tokens_per_rank']}, tails exchanged {x['tails_per_rank']}) {'ok' if good else 'FAIL'}")
+            print(f"cp={cp} rank {rank} {layer:18} out {x['out']:.2e} dq {x['dq']:.2e} dk {x['dk']:.2e} dv {x['dv']:.2e} "
+                  f"(tokens {x['tokens_per_rank']}, rows received {x['rows_received']}) {'ok' if good else 'FAIL'}")
         m = r["model"]
         good = m["logits"] < BOUND_OUT and m["grads"] < BOUND_GRAD
         ok &= good
@@ -177,7 +196,8 @@ def main():
         if "peak_gib_cp1" in r and not r["peak_gib_cp"] < r["peak_gib_cp1"]:
             ok = False
             print("FAIL: peak memory did not fall with CP")
-        rows.append(dict(r, cp=cp, rank=rank, device=torch.cuda.get_device_name()))
+        rows.append(dict(r, cp=cp, rank=rank, device=torch.cuda.get_device_name(),
+                         transport="gloo, every rank on one GPU" if args.one_gpu else "nccl, one GPU per rank"))
     if out_json:
         with open(out_json, "a") as f:
             for row in rows:
