@@ -218,19 +218,34 @@ def measure_flex(layer, S, iters, variants):
 
 
 def passes(layer, S, iters):
-    """Our step's time per kernel (torch profiler, CUDA time per launch), with the executed
-    TFLOP/s of each: forward 2 units, dK/dV 4, dQ 3 of 2 * pairs * heads * head_dim."""
+    """Our step's time per kernel (torch profiler, CUDA time per launch, the passes run one
+    after the other), with the executed TFLOP/s of each: forward 2 units, dK/dV 4, dQ 3 of
+    2 * pairs * heads * head_dim."""
     from torch.profiler import ProfilerActivity, profile
+
+    from slime_plugins.models.gemma4 import attention as A
 
     shape = LAYERS[layer]
     H, G, D, window = shape["H"], shape["G"], shape["D"], shape["window"]
-    fn = step_ours(S, H, G, D, window)
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
+    # one kernel at a time: with dK/dV on its side stream the profiler would give dQ the
+    # time the two passes shared
+    saved = os.environ.get("GEMMA4_ATTENTION_TILES")
+    table = json.loads(saved or "{}")
+    table[f"dkdv/{D}"] = dict(A._tiles("dkdv", D), side=False)
+    os.environ["GEMMA4_ATTENTION_TILES"] = json.dumps(table)
+    try:
+        fn = step_ours(S, H, G, D, window)
+        fn()
         torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(iters):
+                fn()
+            torch.cuda.synchronize()
+    finally:
+        if saved is None:
+            os.environ.pop("GEMMA4_ATTENTION_TILES", None)
+        else:
+            os.environ["GEMMA4_ATTENTION_TILES"] = saved
     unit = 2 * pairs(S, window) * H * D
     units = {"_fwd_kernel": 2, "_dkdv_kernel": 4, "_dq_kernel": 3, "_delta_kernel": 0}
     out, other = {}, []
