@@ -1,6 +1,6 @@
 """Gemma4 attention kernels on a GPU against an fp64 reference (run by hand on a GPU machine).
 
-    python3 tests/gemma4/gpu_attention_check.py [--json out.jsonl]
+    python3 tests/gemma4/gpu_attention_check.py [--json out.jsonl] [--standin]
 
 For each layer shape (the 31B's global and sliding layers, and a small odd one) and packed
 sequences whose boundaries fall inside a window, with S not a multiple of any tile: the
@@ -8,6 +8,10 @@ output, log-sum-exp and the q, k, v gradients of our kernels in bf16, and of the
 PyTorch reference in bf16, are compared with the reference in fp64 on the same bf16 inputs.
 Passes when ours is within 2x the reference's own bf16 error (plus a small floor), and the
 kernels in fp32 agree with fp64 to 1e-4 relative. Exit status 1 on a failure.
+
+For the sliding cases, where flash-attn 3 or 2 is installed and passes attention.flash_check,
+its path (attention.flash_plan) is held to the same bound; --standin puts a stand-in written
+from flash-attn's documented contract in its place on machines without it.
 """
 
 from __future__ import annotations
@@ -61,13 +65,60 @@ def run_case(name, H, G, D, window, lens):
         ok &= good
         rows.append(dict(case=name, tensor=n, ours_bf16=e_ours, reference_bf16=e_ref, ours_fp32=e32, ok=good))
         print(f"{name:28} {n:4} ours bf16 {e_ours:.2e}  reference bf16 {e_ref:.2e}  ours fp32 {e32:.2e}  {'ok' if good else 'FAIL'}")
+    if window is not None:  # the sliding layers' flash-attn path, where one is installed and chosen
+        fa, run = A.flash_plan(lay, window, q)
+        if fa is None:
+            print(f"{name:28} flash-attn not used: {run}")
+        else:
+            fa16 = grads(lambda a, b, c: (run(a, b, c, 1.0), ref[1]), torch.bfloat16)
+            for i, n in enumerate(names):
+                if n == "lse":  # the varlen function returns the output only
+                    continue
+                e_fa, e_ref = rel(fa16[i], ref[i]), rel(ref16[i], ref[i])
+                good = e_fa <= 2 * e_ref + 2e-3
+                ok &= good
+                rows.append(dict(case=name, tensor=n, impl=fa, bf16=e_fa, reference_bf16=e_ref, ok=good))
+                print(f"{name:28} {n:4} {fa} bf16 {e_fa:.2e}  reference bf16 {e_ref:.2e}  {'ok' if good else 'FAIL'}")
     return rows, ok
+
+
+def standin_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
+                   causal=False, window_size=(-1, -1)):
+    """flash-attn's documented varlen contract on SDPA (per segment, query i sees keys
+    [i + sk - sq - left, i + sk - sq + right], causal: right = 0), for --standin."""
+    import torch.nn.functional as F
+
+    left, right = window_size
+    right = 0 if causal else right
+    outs = []
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for s in range(len(cq) - 1):
+        qs, ks, vs = q[cq[s]:cq[s + 1]], k[ck[s]:ck[s + 1]], v[ck[s]:ck[s + 1]]
+        sq, sk = qs.shape[0], ks.shape[0]
+        i = torch.arange(sq, device=q.device)[:, None]
+        j = torch.arange(sk, device=q.device)[None, :]
+        ok = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
+        if left >= 0:
+            ok &= j >= i + sk - sq - left
+        if right >= 0:
+            ok &= j <= i + sk - sq + right
+        o = F.scaled_dot_product_attention(qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1),
+                                           attn_mask=ok, scale=softmax_scale, enable_gqa=True)
+        outs.append(o.transpose(0, 1))
+    return torch.cat(outs)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
+    ap.add_argument("--standin", action="store_true",
+                    help="a stand-in 'flash_attn' (flash-attn's contract on SDPA) where none is installed, to run "
+                         "the sliding layers' flash-attn path: its choice, its check and its arguments")
     args = ap.parse_args()
+    if args.standin:
+        import types
+
+        sys.modules["flash_attn"] = types.SimpleNamespace(flash_attn_varlen_func=standin_varlen)
     rows, ok = [], True
     for case in CASES:
         r, good = run_case(*case)

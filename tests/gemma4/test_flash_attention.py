@@ -342,3 +342,157 @@ def test_flash_and_reference_models_agree_on_logits_and_gradients(mpu, packed):
     assert rel(l1, l0) < 1e-5
     for name in g0:
         assert rel(g1[name], g0[name]) < 1e-4, name
+
+
+# --------------------------------------------------------------------------- flash-attn for sliding layers
+# flash-attn is not installed on any machine of this project: these tests hold our side of it (the
+# segments, the call's arguments, the check that decides whether it runs) against a stand-in
+# written here from flash-attn's documented varlen contract: per segment, with seqlen_q / seqlen_k,
+# query i sees keys [i + sk - sq - left, i + sk - sq + right]; causal sets right to 0 (aligned to
+# the bottom right); a row that sees nothing gives 0.
+
+
+def documented_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
+                      causal=False, window_size=(-1, -1), shift=0):
+    """flash-attn's contract in fp64 (shift: a deliberately wrong window, for the check's tests)."""
+    H, G, D = q.shape[1], k.shape[1], q.shape[2]
+    scale = D**-0.5 if softmax_scale is None else softmax_scale
+    left, right = window_size
+    if causal:
+        right = 0
+    outs = []
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for s in range(len(cq) - 1):
+        qs = q[cq[s]:cq[s + 1]].double()
+        ks = k[ck[s]:ck[s + 1]].double().repeat_interleave(H // G, 1)
+        vs = v[ck[s]:ck[s + 1]].double().repeat_interleave(H // G, 1)
+        sq, sk = qs.shape[0], ks.shape[0]
+        i, j = torch.arange(sq)[:, None], torch.arange(sk)[None, :]
+        ok = torch.ones(sq, sk, dtype=torch.bool)
+        if left >= 0:
+            ok &= j >= i + sk - sq - left - shift
+        if right >= 0:
+            ok &= j <= i + sk - sq + right
+        sc = torch.einsum("thd,uhd->htu", qs, ks) * scale
+        p = torch.softmax(sc.masked_fill(~ok, float("-inf")), -1).nan_to_num(0.0)
+        outs.append(torch.einsum("htu,uhd->thd", p, vs))
+    return torch.cat(outs).to(q.dtype)
+
+
+def test_flash_segments_describe_one_ranks_packed_sliding_layouts_exactly():
+    lay = A.build_layout([37, 5, 60, 1], 1, 0, 4, "cpu")
+    cu, longest = A.flash_segments(lay, 4)
+    assert cu.tolist() == [0, 37, 42, 102, 103] and cu.dtype == torch.int32 and longest == 60
+    cu, _ = A.flash_segments(A.build_layout([6, 4], 1, 0, 3, "cpu", padding=2), 3)
+    assert cu.tolist() == [0, 6, 10, 11, 12]  # each padding token alone, as the layout has it
+    assert A.flash_segments(A.build_layout([37, 5], 1, 0, None, "cpu"), None) is None  # global
+    for mode in ("gather", "needed"):  # context parallel: keys are not the queries' own rows
+        for lay in _rank_layouts([40, 24], 2, 5, mode):
+            assert A.flash_segments(lay, 5) is None
+    # ranges of another shape (one query seeing one key less) are not taken
+    bad = A.build_layout([37, 5], 1, 0, 4, "cpu")
+    bad.q_lo = bad.q_lo.clone()
+    bad.q_lo[20] += 1
+    assert A.flash_segments(bad, 4) is None
+    # a window other than the layout's is not taken either, also after the layout's own was
+    lay = A.build_layout([37, 5], 1, 0, 4, "cpu")
+    assert A.flash_segments(lay, 4) is not None and A.flash_segments(lay, 5) is None
+
+
+@pytest.mark.parametrize("lengths,window,padding", [([37, 5, 60, 1], 4, 0), ([50, 9], 7, 3), ([30], 64, 0)])
+def test_flash_call_gives_the_masked_reference(lengths, window, padding):
+    """Our arguments to flash-attn (segments, causal, window - 1 to the left) under its documented
+    contract give the fp64 attention whose mask comes from positions and sequence ids."""
+    torch.manual_seed(21)
+    T, H, G, D = sum(lengths) + padding, 4, 2, 16
+    q, k, v, do = torch.randn(T, H, D), torch.randn(T, G, D), torch.randn(T, G, D), torch.randn(T, H, D)
+    lay = A.build_layout(lengths, 1, 0, window, "cpu", padding)
+    xs = [t.double().requires_grad_() for t in (q, k, v)]
+    out = A.flash_call(documented_varlen, *xs, *A.flash_segments(lay, window), window, 0.7)
+    out.backward(do.double())
+    rs = [t.double().requires_grad_() for t in (q, k, v)]
+    ref, _ = masked_reference(*rs, lengths, window, 0.7, padding)
+    ref.backward(do.double())
+    assert rel(out, ref) < 1e-12
+    for a, b in zip(xs, rs):
+        assert rel(a.grad, b.grad) < 1e-12
+
+
+def test_flash_check_refuses_a_wrong_window_or_a_failure():
+    assert A.flash_check(documented_varlen, "cpu", 32, 16, dtype=torch.float64) is None
+    for shift in (1, -1):
+        why = A.flash_check(lambda *a, **kw: documented_varlen(*a, shift=shift, **kw), "cpu", 32, 16, dtype=torch.float64)
+        assert why and "window 4" in why, why
+
+    with torch.no_grad():  # the first sliding layer may run without gradients (log-probs)
+        assert A.flash_check(documented_varlen, "cpu", 32, 16, dtype=torch.float64) is None
+    with torch.inference_mode():
+        assert A.flash_check(documented_varlen, "cpu", 32, 16) is None  # bf16, as on a GPU
+
+    def broken(*a, **kw):
+        raise RuntimeError("no kernel for this head dim")
+    assert "RuntimeError: no kernel" in A.flash_check(broken, "cpu", 32, 16, dtype=torch.float64)
+
+
+def test_flash_backend_is_chosen_once_from_what_passes_and_says_why(monkeypatch, caplog):
+    import sys
+    import types
+
+    def wrong(*a, **kw):
+        return documented_varlen(*a, shift=1, **kw)
+    calls = []
+
+    def right(*a, **kw):
+        calls.append(1)
+        return documented_varlen(*a, **kw)
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", types.SimpleNamespace(flash_attn_varlen_func=wrong))
+    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_varlen_func=right))
+    monkeypatch.setattr(A, "_FLASH_CHOICE", {})
+    with caplog.at_level("INFO", logger=A.logger.name):
+        name, fn = A.flash_backend("cpu", 32, 16)
+    assert name == "flash-attn 2" and fn is right
+    assert "flash-attn 3 refused: output differs" in caplog.text and "window 4" in caplog.text
+    n = len(calls)
+    assert A.flash_backend("cpu", 32, 16) == (name, fn) and len(calls) == n  # once per process
+    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_varlen_func=wrong))
+    monkeypatch.setattr(A, "_FLASH_CHOICE", {})
+    name, why = A.flash_backend("cpu", 32, 16)
+    assert name is None and "flash-attn 2 refused" in why and "flash-attn 3 refused" in why
+    monkeypatch.setattr(A, "_FLASH_CHOICE", {})
+    monkeypatch.setenv("GEMMA4_FLASH_ATTN", "0")
+    assert A.flash_backend("cpu", 32, 16) == (None, "GEMMA4_FLASH_ATTN=0")
+    monkeypatch.delenv("GEMMA4_FLASH_ATTN")
+    monkeypatch.setattr(A, "_FLASH_CHOICE", {})
+    assert "at most 256" in A.flash_backend("cpu", 512, 16)[1]
+    # on a CPU tensor the model never asks for it
+    assert A.flash_plan(A.build_layout([8], 1, 0, 4, "cpu"), 4, torch.randn(8, 2, 16))[0] is None
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_model_with_sliding_layers_on_flash_attn_agrees_with_the_reference(mpu, monkeypatch, packed):
+    """The model's sliding layers through flash_plan (here with the documented stand-in, on the
+    CPU): logits and every gradient equal the reference model's."""
+    used = []
+
+    def cpu_plan(layout, window, q):
+        segments = A.flash_segments(layout, window) if window is not None else None
+        if segments is None:
+            return None, "not expressible"
+        used.append(segments[0].tolist())
+        return "stand-in", lambda q, k, v, scale: A.flash_call(documented_varlen, q, k, v, *segments, window, scale)
+
+    monkeypatch.setattr(A, "flash_plan", cpu_plan)
+    results = []
+    for impl in ("reference", "flash"):
+        torch.manual_seed(8)
+        model, settings = g4util.megatron_model(g4util.DENSE, gemma4_attention=impl)
+        ids = torch.randint(0, settings.vocab_size, (1 if packed else 2, 23), generator=torch.Generator().manual_seed(9))
+        kwargs = dict(packed_seq_params=g4util.packed_params([9, 14])) if packed else {}
+        logits = model(input_ids=ids, position_ids=None, attention_mask=None, **kwargs)
+        logits.square().mean().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert used and used[0] == ([0, 9, 23] if packed else [0, 23, 46])
+    (l0, g0), (l1, g1) = results
+    assert rel(l1, l0) < 1e-5
+    for name in g0:
+        assert rel(g1[name], g0[name]) < 1e-4, name
