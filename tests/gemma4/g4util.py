@@ -228,6 +228,38 @@ def hf_named_grads(model, settings) -> dict:
     return out
 
 
+def flash_attn_contract(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
+                      causal=False, window_size=(-1, -1), shift=0):
+    """flash-attn's documented varlen contract, computed in fp64: per segment, with seqlen_q /
+    seqlen_k, query i sees keys [i + sk - sq - left, i + sk - sq + right]; causal sets right
+    to 0; a row that sees nothing gives 0.  A stand-in where flash-attn is not installed (CPU
+    tests, gpu_attention_check.py --standin); shift widens the window, for tests of the check."""
+    import torch
+
+    H, G, D = q.shape[1], k.shape[1], q.shape[2]
+    scale = D**-0.5 if softmax_scale is None else softmax_scale
+    left, right = window_size
+    if causal:
+        right = 0
+    outs = []
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for s in range(len(cq) - 1):
+        qs = q[cq[s]:cq[s + 1]].double()
+        ks = k[ck[s]:ck[s + 1]].double().repeat_interleave(H // G, 1)
+        vs = v[ck[s]:ck[s + 1]].double().repeat_interleave(H // G, 1)
+        sq, sk = qs.shape[0], ks.shape[0]
+        i, j = torch.arange(sq, device=q.device)[:, None], torch.arange(sk, device=q.device)[None, :]
+        ok = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
+        if left >= 0:
+            ok &= j >= i + sk - sq - left - shift
+        if right >= 0:
+            ok &= j <= i + sk - sq + right
+        sc = torch.einsum("thd,uhd->htu", qs, ks) * scale
+        p = torch.softmax(sc.masked_fill(~ok, float("-inf")), -1).nan_to_num(0.0)
+        outs.append(torch.einsum("htu,uhd->thd", p, vs))
+    return torch.cat(outs).to(q.dtype)
+
+
 def packed_params(lengths: list[int]):
     import torch
     from megatron.core.packed_seq_params import PackedSeqParams

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-import g4util  # noqa: E402,F401  (the Gemma4 code on sys.path)
+import g4util  # noqa: E402  (the Gemma4 code on sys.path; the flash-attn stand-in)
 from slime_plugins.models.gemma4 import attention as A  # noqa: E402
 
 CASES = [
@@ -82,43 +82,17 @@ def run_case(name, H, G, D, window, lens):
     return rows, ok
 
 
-def standin_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
-                   causal=False, window_size=(-1, -1)):
-    """flash-attn's documented varlen contract on SDPA (per segment, query i sees keys
-    [i + sk - sq - left, i + sk - sq + right], causal: right = 0), for --standin."""
-    import torch.nn.functional as F
-
-    left, right = window_size
-    right = 0 if causal else right
-    outs = []
-    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    for s in range(len(cq) - 1):
-        qs, ks, vs = q[cq[s]:cq[s + 1]], k[ck[s]:ck[s + 1]], v[ck[s]:ck[s + 1]]
-        sq, sk = qs.shape[0], ks.shape[0]
-        i = torch.arange(sq, device=q.device)[:, None]
-        j = torch.arange(sk, device=q.device)[None, :]
-        ok = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
-        if left >= 0:
-            ok &= j >= i + sk - sq - left
-        if right >= 0:
-            ok &= j <= i + sk - sq + right
-        o = F.scaled_dot_product_attention(qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1),
-                                           attn_mask=ok, scale=softmax_scale, enable_gqa=True)
-        outs.append(o.transpose(0, 1))
-    return torch.cat(outs)
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
     ap.add_argument("--standin", action="store_true",
-                    help="a stand-in 'flash_attn' (flash-attn's contract on SDPA) where none is installed, to run "
+                    help="a stand-in 'flash_attn' (g4util.flash_attn_contract) where none is installed, to run "
                          "the sliding layers' flash-attn path: its choice, its check and its arguments")
     args = ap.parse_args()
     if args.standin:
         import types
 
-        sys.modules["flash_attn"] = types.SimpleNamespace(flash_attn_varlen_func=standin_varlen)
+        sys.modules["flash_attn"] = types.SimpleNamespace(flash_attn_varlen_func=g4util.flash_attn_contract)
     rows, ok = [], True
     for case in CASES:
         r, good = run_case(*case)

@@ -351,36 +351,7 @@ def test_flash_and_reference_models_agree_on_logits_and_gradients(mpu, packed):
 # --------------------------------------------------------------------------- flash-attn for sliding layers
 # flash-attn is not installed on any machine of this project: these tests hold our side of it (the
 # segments, the call's arguments, the check that decides whether it runs) against a stand-in
-# written here from flash-attn's documented varlen contract: per segment, with seqlen_q / seqlen_k,
-# query i sees keys [i + sk - sq - left, i + sk - sq + right]; causal sets right to 0 (aligned to
-# the bottom right); a row that sees nothing gives 0.
-
-
-def documented_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale=None,
-                      causal=False, window_size=(-1, -1), shift=0):
-    """flash-attn's contract in fp64 (shift: a deliberately wrong window, for the check's tests)."""
-    H, G, D = q.shape[1], k.shape[1], q.shape[2]
-    scale = D**-0.5 if softmax_scale is None else softmax_scale
-    left, right = window_size
-    if causal:
-        right = 0
-    outs = []
-    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-    for s in range(len(cq) - 1):
-        qs = q[cq[s]:cq[s + 1]].double()
-        ks = k[ck[s]:ck[s + 1]].double().repeat_interleave(H // G, 1)
-        vs = v[ck[s]:ck[s + 1]].double().repeat_interleave(H // G, 1)
-        sq, sk = qs.shape[0], ks.shape[0]
-        i, j = torch.arange(sq)[:, None], torch.arange(sk)[None, :]
-        ok = torch.ones(sq, sk, dtype=torch.bool)
-        if left >= 0:
-            ok &= j >= i + sk - sq - left - shift
-        if right >= 0:
-            ok &= j <= i + sk - sq + right
-        sc = torch.einsum("thd,uhd->htu", qs, ks) * scale
-        p = torch.softmax(sc.masked_fill(~ok, float("-inf")), -1).nan_to_num(0.0)
-        outs.append(torch.einsum("htu,uhd->thd", p, vs))
-    return torch.cat(outs).to(q.dtype)
+# written from flash-attn's documented varlen contract (g4util.flash_attn_contract).
 
 
 def test_flash_segments_describe_one_ranks_packed_sliding_layouts_exactly():
@@ -412,7 +383,7 @@ def test_flash_call_gives_the_masked_reference(lengths, window, padding):
     q, k, v, do = torch.randn(T, H, D), torch.randn(T, G, D), torch.randn(T, G, D), torch.randn(T, H, D)
     lay = A.build_layout(lengths, 1, 0, window, "cpu", padding)
     xs = [t.double().requires_grad_() for t in (q, k, v)]
-    out = A.flash_call(documented_varlen, *xs, *A.flash_segments(lay, window), window, 0.7)
+    out = A.flash_call(g4util.flash_attn_contract, *xs, *A.flash_segments(lay, window), window, 0.7)
     out.backward(do.double())
     rs = [t.double().requires_grad_() for t in (q, k, v)]
     ref, _ = masked_reference(*rs, lengths, window, 0.7, padding)
@@ -423,15 +394,15 @@ def test_flash_call_gives_the_masked_reference(lengths, window, padding):
 
 
 def test_flash_check_refuses_a_wrong_window_or_a_failure():
-    assert A.flash_check(documented_varlen, "cpu", 32, 16, dtype=torch.float64) is None
+    assert A.flash_check(g4util.flash_attn_contract, "cpu", 32, 16, dtype=torch.float64) is None
     for shift in (1, -1):
-        why = A.flash_check(lambda *a, **kw: documented_varlen(*a, shift=shift, **kw), "cpu", 32, 16, dtype=torch.float64)
+        why = A.flash_check(lambda *a, **kw: g4util.flash_attn_contract(*a, shift=shift, **kw), "cpu", 32, 16, dtype=torch.float64)
         assert why and "window 4" in why, why
 
     with torch.no_grad():  # the first sliding layer may run without gradients (log-probs)
-        assert A.flash_check(documented_varlen, "cpu", 32, 16, dtype=torch.float64) is None
+        assert A.flash_check(g4util.flash_attn_contract, "cpu", 32, 16, dtype=torch.float64) is None
     with torch.inference_mode():
-        assert A.flash_check(documented_varlen, "cpu", 32, 16) is None  # bf16, as on a GPU
+        assert A.flash_check(g4util.flash_attn_contract, "cpu", 32, 16) is None  # bf16, as on a GPU
 
     def broken(*a, **kw):
         raise RuntimeError("no kernel for this head dim")
@@ -443,12 +414,12 @@ def test_flash_backend_is_chosen_once_from_what_passes_and_says_why(monkeypatch,
     import types
 
     def wrong(*a, **kw):
-        return documented_varlen(*a, shift=1, **kw)
+        return g4util.flash_attn_contract(*a, shift=1, **kw)
     calls = []
 
     def right(*a, **kw):
         calls.append(1)
-        return documented_varlen(*a, **kw)
+        return g4util.flash_attn_contract(*a, **kw)
     monkeypatch.setitem(sys.modules, "flash_attn_interface", types.SimpleNamespace(flash_attn_varlen_func=wrong))
     monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_varlen_func=right))
     monkeypatch.setattr(A, "_FLASH_CHOICE", {})
@@ -465,6 +436,10 @@ def test_flash_backend_is_chosen_once_from_what_passes_and_says_why(monkeypatch,
     monkeypatch.setattr(A, "_FLASH_CHOICE", {})
     monkeypatch.setenv("GEMMA4_FLASH_ATTN", "0")
     assert A.flash_backend("cpu", 32, 16) == (None, "GEMMA4_FLASH_ATTN=0")
+    monkeypatch.setattr(A, "_FLASH_CHOICE", {})
+    monkeypatch.setenv("GEMMA4_FLASH_ATTN", "false")  # not a value it knows: refused, not guessed
+    with pytest.raises(ValueError, match="GEMMA4_FLASH_ATTN='false'"):
+        A.flash_backend("cpu", 32, 16)
     monkeypatch.delenv("GEMMA4_FLASH_ATTN")
     monkeypatch.setattr(A, "_FLASH_CHOICE", {})
     assert "at most 256" in A.flash_backend("cpu", 512, 16)[1]
@@ -483,7 +458,7 @@ def test_model_with_sliding_layers_on_flash_attn_agrees_with_the_reference(mpu, 
         if segments is None:
             return None, "not expressible"
         used.append(segments[0].tolist())
-        return "stand-in", lambda q, k, v, scale: A.flash_call(documented_varlen, q, k, v, *segments, window, scale)
+        return "stand-in", lambda q, k, v, scale: A.flash_call(g4util.flash_attn_contract, q, k, v, *segments, window, scale)
 
     monkeypatch.setattr(A, "flash_plan", cpu_plan)
     assert_models_agree(packed)
