@@ -20,7 +20,8 @@ changes the global layers by at most 1% at 8k and 32k; the sliding layers' steps
 milliseconds lose more (4k: 139 instead of 217 TFLOP/s; 32k: 274 instead of 290), and peak
 memory at 32k reads 1.28-1.34x io with the accumulated gradients instead of 1.00x.
 
---variants times our step with other tile tables and lists each kernel's time (profiler);
+--variants times our step with other tile tables and lists each kernel's time (profiler; with
+--rounds N the tables take turns N times and the median is shown);
 --flex-variants tries other forms of the FlexAttention anchor and shows the fastest.
 
 --model adds tokens/s of a two-layer (one sliding, one global) 31B-shaped Megatron model
@@ -347,17 +348,30 @@ def sweep(layer, S, kinds=("fwd", "dkdv", "dq")):
     print("TILES", json.dumps(base))
 
 
-def try_variants(layer, S, variants):
+def try_variants(layer, S, variants, rounds=1):
     """Our step with each of the given tile tables (JSON objects in TILES' override form,
-    'pass/head_dim' -> tiles; keys not given keep TILES), then its kernels one by one."""
-    for text in variants:
+    'pass/head_dim' -> tiles; keys not given keep TILES), then its kernels one by one.
+    rounds > 1: the tables take turns, `rounds` times (7 steps each), and each line gives the
+    median TFLOP/s with the lowest and highest, so that machine drift hits all of them alike."""
+    results = {text: [] for text in variants}
+    for _ in range(rounds):
+        for text in variants:
+            os.environ["GEMMA4_ATTENTION_TILES"] = text
+            results[text].append(measure("ours", layer, S, 3 if rounds == 1 else 7))
+    for text, rs in results.items():
         os.environ["GEMMA4_ATTENTION_TILES"] = text
-        r = measure("ours", layer, S, 3)
-        line = f"{layer} S={S} {text}: " + (f"step {r['ms']:.1f} ms, {r['tflops']:.0f} TFLOP/s" if "ms" in r else r["error"])
-        if "ms" in r:
-            per = passes(layer, S, 2)
-            line += " | " + ", ".join(f"{k.strip('_').replace('_kernel', '')} {v['ms']:.2f} ms"
-                                      f" ({v['executed_tflops']:.0f})" for k, v in per.items())
+        bad = [r["error"] for r in rs if "ms" not in r]
+        if bad:
+            print(f"{layer} S={S} {text}: {bad[0]}", flush=True)
+            continue
+        ms = sorted(r["ms"] for r in rs)
+        tf = sorted(r["tflops"] for r in rs)
+        line = f"{layer} S={S} {text}: step {ms[len(ms) // 2]:.1f} ms, {tf[len(tf) // 2]:.1f} TFLOP/s"
+        if rounds > 1:
+            line += f" (median of {rounds}, {tf[0]:.1f}-{tf[-1]:.1f})"
+        per = passes(layer, S, 2)
+        line += " | " + ", ".join(f"{k.strip('_').replace('_kernel', '')} {v['ms']:.2f} ms"
+                                  f" ({v['executed_tflops']:.0f})" for k, v in per.items())
         print(line, flush=True)
     os.environ.pop("GEMMA4_ATTENTION_TILES", None)
 
@@ -372,6 +386,7 @@ def main():
     ap.add_argument("--sweep", choices=list(LAYERS))
     ap.add_argument("--kinds", nargs="*", default=["fwd", "dkdv", "dq"], help="passes to sweep")
     ap.add_argument("--variants", nargs="*", help="tile tables (JSON) to time our step and its kernels with")
+    ap.add_argument("--rounds", type=int, default=1, help="--variants: take turns this many times (median, range)")
     ap.add_argument("--flex-variants", nargs="*", default=list(FLEX_VARIANTS), choices=list(FLEX_VARIANTS),
                     help="FlexAttention forms to try; the fastest is shown")
     ap.add_argument("--json", help="append every row to this JSON-lines file")
@@ -387,7 +402,7 @@ def main():
     if args.variants is not None:
         for layer in args.layers:
             for S in args.seqs:
-                try_variants(layer, S, args.variants or ["{}"])
+                try_variants(layer, S, args.variants or ["{}"], args.rounds)
         return
     device = torch.cuda.get_device_name()
     rows = []
