@@ -282,7 +282,7 @@ def test_get_config_reads_gemma4_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("flags,named", [
-    (dict(attention_backend="fa3"), "--prefill-attention-backend fa3"),
+    (dict(attention_backend="fa3"), "--attention-backend fa3"),
     (dict(attention_backend="triton", decode_attention_backend="flashinfer"), "--decode-attention-backend flashinfer"),
 ])
 def test_other_attention_backends_are_refused(flags, named, tmp_path):
