@@ -27,7 +27,7 @@ sitecustomize.py does this inside SGLang's processes); `--control skip-push` ski
 from step 2 on.
 
 sgl-kernel cannot be installed on the GPU machine (its wheel is for another torch): SGLang runs
-with the test shim in sgl_kernel_shim/ (SGL_KERNEL_SHIM_LOG collects the ops it replaced; the
+with the test shim in sgl_kernel_shim/ (GEMMA4_SHIM_LOG collects the ops it replaced; the
 results name them), SGLANG_SKIP_SGL_KERNEL_VERSION_CHECK=1, and the PyTorch sampling backend.
 
     python3 engine_cycle.py --kind dense --steps 20 --out results.jsonl [--graphs off] [--control ...]
@@ -143,8 +143,8 @@ def sglang_args(ckpt_dir: Path, kind: str, graphs: bool, moe: bool, mem: float) 
         sglang_mem_fraction_static=mem, sglang_context_length=2048, sglang_chunked_prefill_size=256,
         sglang_cuda_graph_max_bs=16, sglang_disable_cuda_graph=not graphs, sglang_dtype="bfloat16",
         sglang_log_level="warning", sglang_max_running_requests=64,
-        # read by slime's convert_to_hf (Megatron args in a real run)
-        q_lora_rank=None,
+        # read by slime's convert_to_hf and named_params_and_buffers (Megatron args in a real run)
+        q_lora_rank=None, num_experts=None,
     )
 
 
@@ -218,11 +218,14 @@ def push(engine, model, args: Namespace, version: int, gloo) -> list:
     from slime.backends.megatron_utils.megatron_to_hf import convert_to_hf
     from slime.backends.megatron_utils.update_weight.update_weight_from_tensor import _send_to_colocated_engine
 
+    from slime.backends.megatron_utils.update_weight.common import named_params_and_buffers
+
     engine.pause_generation()
     engine.flush_cache()
     named = []
-    for name, p in model.named_parameters():
-        named += convert_to_hf(args, "gemma4", "module.module." + name, p.detach().to(torch.bfloat16))
+    for name, p in named_params_and_buffers(args, [model]):  # slime's iterator: parameters, and the
+        # buffers it sends (expert_bias; Gemma4's layer_scalar)
+        named += convert_to_hf(args, "gemma4", name, p.detach().to(torch.bfloat16))
     refs, keep = _send_to_colocated_engine(named, ipc_engine=_Remote(engine), ipc_gather_src=0,
                                            ipc_gather_group=gloo, weight_version=version)
     del keep
@@ -341,6 +344,7 @@ def cycle(a, kind: str, work: Path, emit) -> dict:
     tensor_parallel.model_parallel_cuda_manual_seed(0)
     args = sglang_args(work / "ckpt" / kind, kind, a.graphs == "on", moe, a.mem)
     args.vocab_size = conf["vocab_size"]
+    args.num_experts = conf.get("num_experts") if moe else None
     t0 = time.monotonic()
     engine = start_engine(args)
     ready = time.monotonic() - t0
@@ -399,20 +403,16 @@ def cycle(a, kind: str, work: Path, emit) -> dict:
 def reload_check(engine, sent, conf, dest: Path, a, moe) -> dict:
     """The pushed tensors as a checkpoint; a fresh server on it; both score the same sequences."""
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     dest.mkdir(parents=True, exist_ok=True)
     src = Path(engine.args.hf_checkpoint)
     for f in ("config.json", "generation_config.json"):
         (dest / f).write_text((src / f).read_text())
     tensors = {n: t.contiguous() for n, t in sent}
-    # layer scalars are buffers, not parameters: slime does not send them; the fresh server reads
-    # them from the original checkpoint, as the pushed engine kept them
-    from safetensors.torch import load_file
-
-    for n, t in load_file(str(src / "model.safetensors")).items():
-        if n.endswith("layer_scalar"):
-            tensors[n] = t
+    missing = [n for n in load_file(str(src / "model.safetensors")) if n not in tensors]
+    if missing:  # the push must carry the whole model (layer scalars included)
+        raise RuntimeError(f"the push left out {len(missing)} checkpoint tensors, e.g. {missing[:4]}")
     save_file(tensors, str(dest / "model.safetensors"))
     g = torch.Generator().manual_seed(99)
     w = conf["sliding_window"]
@@ -458,7 +458,7 @@ def main(argv=None) -> int:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     shim_log = work / "shim-ops.txt"
-    os.environ["SGL_KERNEL_SHIM_LOG"] = str(shim_log)
+    os.environ["GEMMA4_SHIM_LOG"] = str(shim_log)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
 

@@ -33,7 +33,9 @@ for run in "$@"; do
   python3 "$(dirname "$0")/$script" $run --work "$W/work$i" --out "$RESULTS/$results" > "$RESULTS/run$i.log" 2>&1
   r=$?
   echo "exit $r"; [ $r = 0 ] || rc=1
+  if [ $r != 0 ] && [ "${STOP_ON_FAIL:-0}" = 1 ]; then echo "STOP_ON_FAIL: the runs after run $i were not made"; fi
   grep -E '^\[cycle\]|^\[control|^\[fullsize\]' "$RESULTS/run$i.log" | cut -c1-600
   grep -E 'Error|Traceback|NotImplemented' "$RESULTS/run$i.log" | grep -v Warning | tail -6 | cut -c1-400
+  if [ $r != 0 ] && [ "${STOP_ON_FAIL:-0}" = 1 ]; then break; fi
 done
 exit $rc

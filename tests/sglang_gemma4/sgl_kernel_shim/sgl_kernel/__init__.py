@@ -3,7 +3,7 @@ real sgl-kernel cannot be installed (its wheel is built for torch 2.9.1; the mac
 
 It is never part of the image (the image has the real sgl-kernel; `build/patchstack/image.py` copies
 only the files in SUITE_FILES), and nothing made through it is reported as the real thing: every op
-it provides writes its name, once per process, to the file named by SGL_KERNEL_SHIM_LOG (and logs a
+it provides writes its name, once per process, to the file named by GEMMA4_SHIM_LOG (and logs a
 warning), so a run can list which of sgl-kernel's ops were replaced.
 
 What it provides is what SGLang calls on Gemma4's path with CUDA (RMSNorm, GeLU-and-mul, the MoE
@@ -35,7 +35,7 @@ def _note(op: str) -> None:
         return
     _used.add(op)
     _logger.warning("sgl_kernel shim: %s replaced by a PyTorch implementation (not sgl-kernel)", op)
-    path = os.environ.get("SGL_KERNEL_SHIM_LOG")
+    path = os.environ.get("GEMMA4_SHIM_LOG")
     if path:
         with open(path, "a") as f:
             f.write(f"{os.getpid()} {op}\n")
@@ -161,6 +161,27 @@ def _missing(qualname: str):
     op.__qualname__ = qualname
     op.shim_missing = True
     return op
+
+
+# SGLang registers fake (meta) implementations for some of sgl-kernel's torch ops at import, which
+# needs the ops to exist: they are defined here with the real ops' argument lists and a CUDA
+# implementation that raises, like the other ops this shim does not provide.
+_SCHEMAS = {
+    "sgl_per_token_group_quant_8bit": "(Tensor input, Tensor(a!) output_q, Tensor(b!) output_s, int group_size, "
+    "float eps, float fp8_min, float fp8_max, bool scale_ue8m0) -> ()",
+    "sgl_per_token_group_quant_fp8": "(Tensor input, Tensor(a!) output_q, Tensor(b!) output_s, int group_size, "
+    "float eps, float fp8_min, float fp8_max, bool scale_ue8m0) -> ()",
+    "sgl_per_token_quant_fp8": "(Tensor input, Tensor(a!) output_q, Tensor(b!) output_s) -> ()",
+    "fp8_scaled_mm": "(Tensor mat_a, Tensor mat_b, Tensor scales_a, Tensor scales_b, ScalarType out_dtype, "
+    "Tensor? bias=None) -> Tensor",
+    "moe_fused_gate": "(Tensor input_tensor, Tensor bias, int num_expert_group, int topk_group, int topk, "
+    "int num_fused_shared_experts=0, float routed_scaling_factor=0, bool apply_routed_scaling_factor_on_output="
+    "False) -> Tensor[]",
+}
+_LIB = torch.library.Library("sgl_kernel", "FRAGMENT")
+for _name, _schema in _SCHEMAS.items():
+    _LIB.define(_name + _schema)
+    _LIB.impl(_name, _missing(f"torch.ops.sgl_kernel.{_name}"), "CUDA")
 
 
 def __getattr__(name: str):
