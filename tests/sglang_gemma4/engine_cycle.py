@@ -153,8 +153,23 @@ def start_engine(args: Namespace):
 
     engine = SGLangEngine(args, rank=0)
     port, nccl = free_port(), free_port()
-    engine.init(dist_init_addr=f"127.0.0.1:{free_port()}", port=port, nccl_port=nccl, host="127.0.0.1")
+    try:
+        engine.init(dist_init_addr=f"127.0.0.1:{free_port()}", port=port, nccl_port=nccl, host="127.0.0.1")
+    except BaseException:
+        stop(engine)
+        raise
     return engine
+
+
+def stop(engine) -> None:
+    """The server process tree this script started, and nothing else (slime's SGLangEngine.shutdown
+    also deregisters from a router, which this run has not)."""
+    from sglang.srt.utils import kill_process_tree
+
+    proc = getattr(engine, "process", None)
+    if proc is not None and proc.is_alive():
+        kill_process_tree(proc.pid)
+        proc.join(60)
 
 
 def post(engine, path: str, body: dict, timeout: float = 600.0):
@@ -393,7 +408,7 @@ def cycle(a, kind: str, work: Path, emit) -> dict:
             reload = reload_check(engine, sent, conf, work / "pushed" / kind, a, moe)
             ok &= reload["bitwise_equal"]
     finally:
-        engine.shutdown()
+        stop(engine)
     return dict(kind=kind, graphs=a.graphs, control=a.control, steps=a.steps, engine_ready_s=ready,
                 gap0=gap0, gap_last=per_step[-1]["gap_mean"] if per_step else None,
                 gap_max_over_steps=max(r["gap_mean"] for r in per_step) if per_step else None,
@@ -423,7 +438,7 @@ def reload_check(engine, sent, conf, dest: Path, a, moe) -> dict:
     try:
         after = score(fresh, seqs)
     finally:
-        fresh.shutdown()
+        stop(fresh)
     equal = before == after
     first = None
     if not equal:
@@ -484,6 +499,9 @@ def main(argv=None) -> int:
             rc = 1
         emit(dict(summary=True, **res))
         print("[cycle] summary " + json.dumps(res), flush=True)
+    from sglang.srt.utils import kill_process_tree
+
+    kill_process_tree(None, include_parent=False)  # whatever this script started and left running
     return rc
 
 

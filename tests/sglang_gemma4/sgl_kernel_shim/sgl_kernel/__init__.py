@@ -49,37 +49,39 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
 
 
-def rmsnorm(input, weight, eps=1e-6, out=None, enable_pdl=None):
-    _note("rmsnorm")
-    y = _rms(input, weight, eps).to(input.dtype)
+def _put(y: torch.Tensor, out):
     if out is None:
         return y
     out.copy_(y)
     return out
 
 
-def fused_add_rmsnorm(input, residual, weight, eps=1e-6, enable_pdl=None):
+def _add_then_norm(input, residual, weight, eps):
     """residual += input (summed in fp32, stored in the dtype); input = rmsnorm(that sum)."""
-    _note("fused_add_rmsnorm")
     s = input.float() + residual.float()
     residual.copy_(s.to(residual.dtype))
     input.copy_(_rms(s, weight, eps).to(input.dtype))
 
 
+def rmsnorm(input, weight, eps=1e-6, out=None, enable_pdl=None):
+    _note("rmsnorm")
+    return _put(_rms(input, weight, eps).to(input.dtype), out)
+
+
+def fused_add_rmsnorm(input, residual, weight, eps=1e-6, enable_pdl=None):
+    _note("fused_add_rmsnorm")
+    _add_then_norm(input, residual, weight, eps)
+
+
 def gemma_rmsnorm(input, weight, eps=1e-6, out=None, enable_pdl=None):
+    """Gemma's convention (1 + weight); Gemma4 itself uses the plain one."""
     _note("gemma_rmsnorm")
-    y = _rms(input, weight.float() + 1.0, eps).to(input.dtype)
-    if out is None:
-        return y
-    out.copy_(y)
-    return out
+    return _put(_rms(input, weight.float() + 1.0, eps).to(input.dtype), out)
 
 
 def gemma_fused_add_rmsnorm(input, residual, weight, eps=1e-6, enable_pdl=None):
     _note("gemma_fused_add_rmsnorm")
-    s = input.float() + residual.float()
-    residual.copy_(s.to(residual.dtype))
-    input.copy_(_rms(s, weight.float() + 1.0, eps).to(input.dtype))
+    _add_then_norm(input, residual, weight.float() + 1.0, eps)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -88,11 +90,7 @@ def gemma_fused_add_rmsnorm(input, residual, weight, eps=1e-6, enable_pdl=None):
 def _act_and_mul(name, act, input, out=None, enable_pdl=None):
     _note(name)
     d = input.shape[-1] // 2
-    y = (act(input[..., :d].float()) * input[..., d:].float()).to(input.dtype)
-    if out is None:
-        return y
-    out.copy_(y)
-    return out
+    return _put((act(input[..., :d].float()) * input[..., d:].float()).to(input.dtype), out)
 
 
 def gelu_tanh_and_mul(input, out=None, enable_pdl=None):
