@@ -262,7 +262,6 @@ def fill_replay(model, experts, n_tokens: int, layers: int, topk: int):
     """Every router's RoutingReplay holds this sample's experts (SGLang returns tokens - 1 rows; the
     last row, which scores no generated token, repeats the one before)."""
     import torch
-    from slime.utils.routing_replay import RoutingReplay
 
     e = torch.from_numpy(experts.copy()).view(n_tokens - 1, layers, topk)
     e = torch.cat([e, e[-1:]], 0).long().cuda()
@@ -344,7 +343,6 @@ def shim_ops(log: Path) -> list[str]:
 def cycle(a, kind: str, work: Path, emit) -> dict:
     import torch
     import torch.distributed as dist
-    from gap import BOUND  # noqa: F401  (the tier's bound, for the record)
 
     conf, state = write_checkpoint(work / "ckpt" / kind, kind)
     moe = bool(conf.get("enable_moe_block"))
