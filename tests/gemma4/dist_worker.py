@@ -285,13 +285,7 @@ def run_epsync(rank, result):
     model, settings = g4util.megatron_model(g4util.MOE, expert_model_parallel_size=WORLD,
                                             moe_token_dispatcher_type="allgather")  # alltoall needs CUDA streams
     g4util.load_from_hf(model, settings, hf_state, Parallel(ep_size=WORLD, ep_rank=rank))
-    def wrapped(inner):  # as slime holds it: DDP(Float16Module(model)), names module.module.*
-        for _ in range(2):
-            outer = torch.nn.Module()
-            outer.module, outer.config = inner, inner.config
-            inner = outer
-        return inner
-
+    wrapped = g4util.slime_wrapped
     layouts = {"local spec (SequentialMLP)": wrapped(model),
                "te spec (TEGroupedMLP names)": wrapped(_grouped_stand_in(model, settings, hf_state, rank))}
     prefix = "model.language_model." if "model.language_model.embed_tokens.weight" in hf_state else "model."

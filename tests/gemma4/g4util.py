@@ -193,6 +193,17 @@ def settings_for(cfg: dict, layout: str = "causal_lm"):
     return read_settings(config_json(cfg, layout))
 
 
+def slime_wrapped(inner):
+    """The model as slime's actor holds it, DDP(Float16Module(model)): parameter names module.module.*"""
+    import torch
+
+    for _ in range(2):
+        outer = torch.nn.Module()
+        outer.module, outer.config = inner, inner.config
+        inner = outer
+    return inner
+
+
 def megatron_model(cfg: dict, dtype=None, layer_types=None, **config_overrides):
     import torch
     from slime_plugins.models.gemma4.model import Gemma4Model, build_transformer_config

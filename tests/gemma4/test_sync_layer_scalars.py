@@ -30,14 +30,6 @@ def _whole_slime_tree():
                     "runs on the patched pinned trees (tests/test_gemma4_pinned.py)")
 
 
-def _wrapped(inner):  # as slime holds it: DDP(Float16Module(model)), names module.module.*
-    for _ in range(2):
-        outer = torch.nn.Module()
-        outer.module, outer.config = inner, inner.config
-        inner = outer
-    return inner
-
-
 CUDA = dict(current_device=lambda: "cpu", synchronize=lambda *a, **k: None)
 
 
@@ -66,7 +58,7 @@ def _check_sync(kind, tmp_path):
     assert scalars, "the Megatron Gemma4 has no layer_scalar buffers"
     for i, b in enumerate(scalars):  # values the checkpoint does not have: the sync must carry these
         b.fill_(0.25 + 0.125 * i)
-    module = _wrapped(model)
+    module = g4util.slime_wrapped(model)
     (tmp_path / "config.json").write_text(json.dumps(g4util.config_json(cfg)))
     args = Namespace(num_experts=cfg.get("num_experts"), hf_checkpoint=str(tmp_path), vocab_size=settings.vocab_size,
                      update_weight_buffer_size=1 << 20, megatron_to_hf_mode="raw", q_lora_rank=None)
