@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 import types
@@ -96,12 +95,6 @@ def install_import_standins() -> list[str]:
     return made
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ----------------------------------------------------------------------------- configs
 
 def wide_configs():
@@ -150,6 +143,8 @@ def sglang_args(ckpt_dir: Path, kind: str, graphs: bool, moe: bool, mem: float) 
 
 def start_engine(args: Namespace):
     from slime.backends.sglang_utils.sglang_engine import SGLangEngine
+
+    from gpu import free_port
 
     engine = SGLangEngine(args, rank=0)
     port, nccl = free_port(), free_port()

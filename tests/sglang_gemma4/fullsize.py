@@ -18,18 +18,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "gemma4")]
-
-
-def http(url, body=None, timeout=600.0):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read() or b"null")
 
 
 def main(argv=None) -> int:
@@ -44,11 +36,17 @@ def main(argv=None) -> int:
     import g4util
 
     engine_cycle.setup_paths("none")
+    from gpu import free_port
+    from gpu import http as gpu_http
+
+    def http(url, body=None, timeout=600.0):  # the gpu tier's client, returning the body only
+        return gpu_http(url, body, timeout)[1]
+
     ckpt = Path(a.work) / a.size
     ckpt.mkdir(parents=True, exist_ok=True)
     (ckpt / "config.json").write_text(json.dumps(g4util.published_config_json(a.size), indent=1))
     (ckpt / "generation_config.json").write_text(json.dumps({"bos_token_id": 2, "eos_token_id": 1}))
-    port = engine_cycle.free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", str(ckpt), "--load-format", "dummy",
            "--host", "127.0.0.1", "--port", str(port), "--skip-tokenizer-init", "--attention-backend", "triton",
            "--sampling-backend", "pytorch", "--dtype", "bfloat16", "--tp-size", "1", "--mem-fraction-static",
