@@ -20,16 +20,20 @@
 #                                      (pyxis/enroot): out/cluster/gemma4.sbatch (docs/cluster.md)
 #   make k8s-manifests IMAGE=<tag> [VALUES=<file>] [SET='key=value ...']    the KubeRay RayJob,
 #                                      RayCluster and shared claim: out/cluster/k8s/
-#   make clean                         remove out/ and the tool's egg-info
-#   make distclean                     also the source cache, the smoke and Slurm test images and bases
+#   make clean                         remove out/ but the installed environments, and the egg-info
+#   make distclean [CACHE=1]           also the environments and the smoke and Slurm test images this
+#                                      clone made (CACHE=1: the source cache, shared by every clone)
 #
 # Sources come from UPSTREAM_<NAME>_GIT (a local mirror) or the URLs in patches/pins.toml.
 
 PYTHON  ?= python3
 GEMMA4  ?= 0
+# Two environments: the tool's (its own two packages, seconds to install) for every target but
+# `test`, and the test stack's (torch, transformers, megatron-core, Triton ...; about 5.5 GB).
+TOOL_VENV := out/tool-venv
 VENV    := out/venv
+TOOL    := $(TOOL_VENV)/bin/python -m patchstack
 PY      := $(VENV)/bin/python
-TOOL    := $(PY) -m patchstack
 SELECT  := $(if $(filter 1,$(GEMMA4)),--gemma4,)
 # The Dockerfile's build arguments a user may set, as NAME=VALUE on make's command line or in the
 # environment (`make help` lists them with their defaults); the tool checks and records them.
@@ -39,8 +43,20 @@ BASE    := $(if $(BASE_IMAGE),--base-image '$(BASE_IMAGE)')
 ifeq ($(filter 0 1,$(GEMMA4)),)
 $(error GEMMA4 must be 0 or 1, not '$(GEMMA4)': GEMMA4=1 adds the Gemma4 patch groups)
 endif
+# Every NAME=VALUE this Makefile reads; any other on the command line is refused before anything
+# runs (a typo such as TE_VERISON=2.9 would otherwise build with the default).
+# The tool's own environment variables (docs/tool.md) may be given here too.
+SETTINGS := PYTHON GEMMA4 ARGS UPSTREAM TO CONTINUE TAG BASE_IMAGE IMAGE SMOKE TIER GPUS REGISTRY \
+            VALUES SET CACHE $(IMAGE_SETTINGS) UPSTREAM_%_GIT UPSTREAM_%_SDIST PATCHSTACK_CACHE XDG_CACHE_HOME \
+            PIP_INDEX_URL DEBIAN_MIRROR KUBERAY_CRDS
+UNKNOWN := $(filter-out $(SETTINGS),$(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(v))))
+ifneq ($(strip $(UNKNOWN)),)
+$(error $(or $(shell $(PYTHON) build/patchstack/preflight.py unknown $(UNKNOWN) -- $(SETTINGS)),unknown setting $(strip $(UNKNOWN)): nothing was run))
+endif
+# `make distclean` removes only the Docker images this clone made: they carry this label value.
+CLONE_ID = $(shell $(PYTHON) build/patchstack/preflight.py clone-id)
 
-.PHONY: help venv sources check lint test clean distclean workspace export rebase matrix image image-smoke image-test inspect push slurm-script k8s-manifests
+.PHONY: help preflight venv tool-venv sources check lint test clean distclean workspace export rebase matrix image image-smoke image-test inspect push slurm-script k8s-manifests
 
 # The targets and what they do: the comment block at the top of this file.
 help:
@@ -49,60 +65,73 @@ help:
 	@sed -n 's/^ARG \([A-Za-z0-9_]*\)=\{0,1\}\(.*\)/  \1=\2/p' docker/Dockerfile \
 	  | grep -v -E '^  (OFFLINE|GEMMA4|ALLOW_SKIP)=' | sort -u -t= -k1,1
 
-venv: $(VENV)/.installed
+# Before any install: this Python's version and the values given (TAG), with the system Python.
+preflight:
+	@$(PYTHON) build/patchstack/preflight.py
+
+tool-venv: preflight $(TOOL_VENV)/.installed
+venv: preflight $(VENV)/.installed
+
+# A failed install leaves no half-made environment behind (the next make starts it again).
+$(TOOL_VENV)/.installed: pyproject.toml
+	@echo "make: installing the tool into $(TOOL_VENV) (unidiff and the Docker SDK, pinned in pyproject.toml)"
+	@$(PYTHON) -m venv $(TOOL_VENV) && $(TOOL_VENV)/bin/python -m pip install -q --progress-bar off -e . \
+	  || { rm -rf $(TOOL_VENV); echo "make: the tool's install failed (pip's message above); $(TOOL_VENV) removed" >&2; exit 1; }
+	@touch $@
 
 $(VENV)/.installed: pyproject.toml
 	@echo "make: installing the tool and the test packages into $(VENV) (about 5.5 GB the first time; pip shows its progress)"
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --progress-bar on -e '.[test]'
-	touch $@
+	@$(PYTHON) -m venv $(VENV) && $(PY) -m pip install --progress-bar on -e '.[test]' \
+	  || { rm -rf $(VENV); echo "make: the test stack's install failed (pip's message above); $(VENV) removed" >&2; exit 1; }
+	@touch $@
 
-sources: venv
+sources: tool-venv
 	$(TOOL) sources
 
-check: venv
+check: tool-venv
 	$(TOOL) check $(SELECT) $(ARGS)
 
-workspace: venv
+workspace: tool-venv
 	$(TOOL) workspace $(UPSTREAM) $(SELECT) $(ARGS)
 
-export: venv
+export: tool-venv
 	$(TOOL) export $(UPSTREAM) $(ARGS)
 
-rebase: venv
+rebase: tool-venv
 	$(TOOL) rebase $(UPSTREAM) $(if $(TO),--to $(TO)) $(if $(filter 1,$(CONTINUE)),--continue) $(ARGS)
 
 # The matrix shows every group unless GEMMA4 is given on the command line or in the environment
 # (GEMMA4=0: base only; GEMMA4=1: base and gemma4).
 MATRIX_SELECT := $(if $(filter command line environment,$(origin GEMMA4)),$(if $(filter 1,$(GEMMA4)),--gemma4,--base))
-matrix: venv
+matrix: tool-venv
 	$(TOOL) matrix $(UPSTREAM) $(MATRIX_SELECT) $(ARGS)
 
-image: venv
-	$(TOOL) image $(SELECT) $(if $(TAG),--tag $(TAG)) $(BASE) $(BUILD_ARGS) $(ARGS)
+image: tool-venv
+	$(TOOL) image $(SELECT) $(if $(TAG),--tag '$(TAG)') $(BASE) $(BUILD_ARGS) $(ARGS)
 
-image-smoke: venv
+image-smoke: tool-venv
 	$(TOOL) image-smoke $(SELECT) $(BUILD_ARGS) $(ARGS)
 
-image-test: venv
+image-test: tool-venv
 	$(TOOL) image-test $(if $(IMAGE),'$(IMAGE)',$(if $(filter 1,$(SMOKE)),--smoke $(SELECT))) $(if $(TIER),--tier $(TIER)) $(if $(GPUS),--gpus $(GPUS)) $(ARGS)
 
-inspect: venv
+inspect: tool-venv
 	$(TOOL) inspect $(IMAGE)
 
-push: venv
-	$(TOOL) push $(SELECT) --registry $(REGISTRY) $(if $(TAG),--tag $(TAG))
+push: tool-venv
+	@[ -n '$(REGISTRY)' ] || { echo "make push needs REGISTRY=<host[/path]>, e.g. REGISTRY=registry.example.com/team" >&2; exit 2; }
+	$(TOOL) push $(SELECT) --registry '$(REGISTRY)' $(if $(TAG),--tag '$(TAG)')
 
 # The cluster launchers, from cluster/values.toml (or VALUES=<file>, SET='nodes=4 ...') and the
 # Dockerfile's Ray pin; IMAGE is the tag `make image` printed.
 CLUSTER_ARGS = $(if $(IMAGE),--image '$(IMAGE)') $(if $(VALUES),--values '$(VALUES)') $(foreach s,$(SET),--set '$(s)')
-slurm-script: venv
-	$(PY) cluster/render.py slurm $(CLUSTER_ARGS) $(ARGS)
+slurm-script: tool-venv
+	$(TOOL_VENV)/bin/python cluster/render.py slurm $(CLUSTER_ARGS) $(ARGS)
 
-k8s-manifests: venv
-	$(PY) cluster/render.py k8s $(CLUSTER_ARGS) $(ARGS)
+k8s-manifests: tool-venv
+	$(TOOL_VENV)/bin/python cluster/render.py k8s $(CLUSTER_ARGS) $(ARGS)
 
-lint: venv
+lint: tool-venv
 	$(TOOL) lint
 
 # pytest exits 5 when it collected no test: for this suite that means the suite is broken.
@@ -111,17 +140,27 @@ test: venv
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): the suite is broken" >&2; fi; \
 	exit $$rc
 
+# The installed environments stay (make distclean removes them): everything else under out/ goes.
 clean:
-	rm -rf out build/*.egg-info
+	@if [ -d out ]; then find out -mindepth 1 -maxdepth 1 ! -name venv ! -name tool-venv -exec rm -rf {} +; fi
+	rm -rf build/*.egg-info
+	@for v in $(VENV) $(TOOL_VENV); do [ ! -d $$v ] || echo "kept $$v (installed packages; make distclean removes it)"; done
 
-# Also what this project keeps outside the clone: its source cache (as the tool finds it) and the
-# smoke and Slurm test images and the Debian bases it built, by their names; nothing else.
-CACHE := $(or $(PATCHSTACK_CACHE),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)/gemma4-stack)
-distclean: clean
-	@# only the folders the tool makes there, so that a cache variable pointing elsewhere loses nothing else
-	rm -rf $(foreach d,git locks rootfs sdist,'$(CACHE)/$(d)')
-	-rmdir '$(CACHE)' 2>/dev/null
+# Also what this clone made outside itself: the Docker images it built for its checks (the smoke
+# images and their base, the Slurm test images), found by the clone label they carry, and no other
+# clone's. The source cache is shared by every clone of this user: CACHE=1 removes it too (the
+# folders the tool makes there only, so a cache variable pointing elsewhere loses nothing else).
+SRC_CACHE := $(or $(PATCHSTACK_CACHE),$(if $(XDG_CACHE_HOME),$(XDG_CACHE_HOME),$(HOME)/.cache)/gemma4-stack)
+distclean:
+	rm -rf out build/*.egg-info
+	@if [ "$(CACHE)" = 1 ]; then \
+	  echo "rm -rf $(foreach d,git locks rootfs sdist,'$(SRC_CACHE)/$(d)')"; \
+	  rm -rf $(foreach d,git locks rootfs sdist,'$(SRC_CACHE)/$(d)'); rmdir '$(SRC_CACHE)' 2>/dev/null || true; \
+	else echo "kept the source cache $(SRC_CACHE) (shared by every clone here; make distclean CACHE=1 removes it)"; fi
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
-	  imgs=$$(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^gemma4-stack-(smoke|slurm-test)(-base)?:' || true); \
-	  if [ -n "$$imgs" ]; then echo "docker rmi $$imgs"; docker rmi $$imgs; fi; \
-	else echo "no Docker engine answers: smoke images, if any, are left"; fi
+	  id='$(CLONE_ID)'; [ -n "$$id" ] || { echo "distclean: no clone id ($(PYTHON) failed): images left" >&2; exit 1; }; \
+	  imgs=$$(docker images -q --filter "label=io.github.gemma4-stack.clone=$$id" | sort -u); \
+	  if [ -n "$$imgs" ]; then echo "docker rmi (this clone's images, label io.github.gemma4-stack.clone=$$id):"; \
+	    docker images --filter "label=io.github.gemma4-stack.clone=$$id" --format '  {{.Repository}}:{{.Tag}}'; \
+	    docker rmi -f $$imgs >/dev/null; else echo "no Docker image of this clone's"; fi; \
+	else echo "no Docker engine answers: this clone's images, if any, are left"; fi

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 from conftest import numbered, run_git, tool
 
@@ -156,16 +157,39 @@ def test_external_patch_is_read_from_the_pinned_upstream_and_verified(world):
     assert sl.pin
 
 
-def test_unreachable_source_is_skipped_and_said_strict_fails(world, monkeypatch):
+def test_unreachable_source_is_skipped_said_and_not_ok(world, monkeypatch):
     mg = world.upstream("megatron", {"a.py": FILE})
     world.add_patch("megatron", "0001-a.patch", mg.diff({"a.py": _edit(FILE, "line 3\n", "x\n")}))
     monkeypatch.setenv("UPSTREAM_MEGATRON_GIT", str(world.tmp / "no-such-mirror"))
     code, out, _ = tool("check", "megatron")
-    assert code == 0
+    assert code == 3, out  # EXIT_INCOMPLETE: a skipped check is never reported OK
     assert "SKIPPED" in out and "no-such-mirror" in out and "UPSTREAM_MEGATRON_GIT" in out
-    assert "OK, but incomplete" in out
-    code, out, _ = tool("check", "megatron", "--strict")
-    assert code == 3
+    assert "INCOMPLETE (exit 3)" in out and "\nOK" not in out
+    assert tool("check", "megatron", "--strict")[0] == 3  # kept for scripts: the default now
+    code, out, _ = tool("check", "megatron", "--allow-incomplete")
+    assert code == 0 and "INCOMPLETE: the entries above were not checked" in out
+
+
+def test_a_misfit_after_a_skipped_entry_is_undecided_and_exits_4(world, monkeypatch):
+    """slime unreachable: its patch to megatron is skipped; a patch of ours after it with one
+    corrupted context line cannot be blamed or cleared, so the check is neither OK nor FAILED."""
+    mg = world.upstream("megatron", {"a.py": FILE})
+    ext = mg.diff({"a.py": _edit(FILE, "line 3\n", "line three\n")})
+    world.upstream("slime", {"docker/patch/megatron.patch": ext})
+    world.add_external("megatron", "slime:docker/patch/megatron.patch", hashlib.sha256(ext.encode()).hexdigest())
+    corrupt = mg.diff({"a.py": _edit(FILE, "line 40\n", "line forty\n")}).replace(" line 38\n", " line 38 typo\n")
+    world.add_patch("megatron", "0001-ours.patch", corrupt)
+    slime_git = os.environ["UPSTREAM_SLIME_GIT"]
+    monkeypatch.setenv("UPSTREAM_SLIME_GIT", str(world.tmp / "no-such-slime"))
+    for extra in ((), ("--allow-incomplete",)):
+        code, out, _ = tool("check", "megatron", *extra)
+        assert code == 4, out  # EXIT_UNDECIDED, whatever --allow-incomplete says about skips
+        assert "UNDECIDED (exit 4)" in out and "OK" not in out.splitlines()[-1]
+    code, out, _ = tool("check", "megatron", "--json")
+    assert json.loads(out)["exit"] == 4
+    monkeypatch.setenv("UPSTREAM_SLIME_GIT", slime_git)
+    code, out, _ = tool("check", "megatron")  # control: with slime reachable the misfit is a failure
+    assert code == 1 and "FAILS     [base] 0001-ours.patch" in out, out
 
 
 def test_without_the_source_patches_that_only_create_files_are_still_checked(world, monkeypatch):
@@ -176,7 +200,7 @@ def test_without_the_source_patches_that_only_create_files_are_still_checked(wor
     world.add_patch("megatron", "0003-edit.patch", mg.diff({"a.py": _edit(FILE, "line 3\n", "x\n")}))
     monkeypatch.setenv("UPSTREAM_MEGATRON_GIT", str(world.tmp / "no-such-mirror"))
     code, out, _ = tool("check", "megatron")
-    assert code == 0, out
+    assert code == 3, out  # the edit was skipped: incomplete
     assert "fits      [base] 0001-new.patch" in out and "fits      [base] 0002-more.patch" in out
     assert "creates files only: checked without the source" in out
     assert "SKIPPED   [base] 0003-edit.patch" in out and "needs the upstream's own a.py" in out
@@ -278,3 +302,23 @@ def test_a_patched_tree_reads_as_applied_where_a_later_patch_changed_an_earlier_
     code, out, _ = tool("check", "megatron", "--tree", str(half), "--expect", "applied")
     assert code == 1, out
     assert "applied   [base] 0001-first.patch" in out and "NOT APPLIED [base] 0002-second.patch" in out
+
+
+def test_a_series_entry_that_is_a_directory_is_refused_by_name(world):
+    world.upstream("megatron", {"a.py": FILE})
+    world.series["megatron"]["base"].append("0001-dir.patch")
+    world.write()
+    (world.folder("megatron") / "0001-dir.patch").mkdir()
+    code, out, err = tool("check", "megatron")
+    assert code == 1 and "Traceback" not in out + err
+    assert "series:3: 0001-dir.patch is listed but" in out and "is a directory, not a patch file" in out
+
+
+def test_a_series_file_that_is_a_directory_is_refused_by_name(world):
+    world.upstream("megatron", {"a.py": FILE})
+    series = world.folder("megatron") / "series"
+    series.unlink()
+    series.mkdir()
+    code, out, err = tool("check", "megatron")
+    assert code in (1, 2) and "Traceback" not in out + err
+    assert "the series file for megatron is a directory, not a file" in out + err

@@ -217,6 +217,28 @@ def test_without_gpus_only_the_static_tier_runs_and_the_others_are_said():
     assert cmd[:2] == ["python3", imagetest.SUITE] and "--not-run" in cmd and "gpu=no GPU" in cmd
 
 
+def test_a_tier_asked_for_that_cannot_run_is_never_a_pass():
+    from patchstack.errors import EXIT_NOT_RUN
+
+    no_gpu = {"gpu": "no GPU on this host (no nvidia-smi on this host)"}
+    code, verdict = imagetest.outcome(0, "gpu", no_gpu)  # TIER=gpu on a host without GPUs
+    assert code == EXIT_NOT_RUN == 6 and "NOT RUN (exit 6): tier gpu was asked for" in verdict
+    assert not verdict.startswith("passed")
+    code, verdict = imagetest.outcome(0, None, no_gpu)  # no TIER: the default here is static
+    assert code == 0 and "passed" in verdict and "tier gpu not run here" in verdict
+    assert imagetest.outcome(1, "gpu", no_gpu)[0] == 1  # a failure below stays a failure
+    assert imagetest.outcome(0, "static", {}) == (0, "passed (skips listed above)")
+    # the suite, inside the image: a tier it was asked for that could not run (no GPU in the container)
+    import suite
+
+    assert suite.exit_status(False, ["static", "gpu"], {"gpu": "no GPU in this container", "rl": "not asked"}) == 6
+    assert suite.exit_status(False, ["static"], {"gpu": "not asked", "rl": "not asked"}) == 0
+    assert suite.exit_status(True, ["static", "gpu"], {"gpu": "x"}) == 1
+    # and it names the tier the user asked for, not the one the driver ran
+    cmd = imagetest.suite_command("static", no_gpu, None, asked="gpu")
+    assert cmd[cmd.index("--asked") + 1] == "gpu"
+
+
 def test_image_test_names_what_it_needs():
     code, _, err = tool("image-test")
     assert code == 2 and "IMAGE=<tag>" in err

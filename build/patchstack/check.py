@@ -6,7 +6,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 
 from . import diff, engine, series, sources
-from .errors import SourceUnavailable, StackError
+from .errors import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_UNDECIDED, SourceUnavailable, StackError
 from .manifest import Manifest
 from .trees import EmptyTree, Overlay, Tree
 
@@ -218,22 +218,27 @@ def _check_without_source(entries, patches: PatchSource) -> list[EntryReport]:
     return out
 
 
-def exit_code(reports: list[SeriesReport], *, expect: str = engine.FITS, strict: bool = False) -> int:
-    """0: every entry is as expected; 1: something does not fit; 3: only skips, under --strict."""
-    bad = skipped = False
+def exit_code(reports: list[SeriesReport], *, expect: str = engine.FITS, allow_incomplete: bool = False) -> int:
+    """1 (EXIT_FAILED): something does not fit; else 4 (EXIT_UNDECIDED): a misfit after a skipped
+    entry; else 3 (EXIT_INCOMPLETE): checks were skipped, unless `allow_incomplete`; else 0."""
+    bad = skipped = undecided = False
     for r in reports:
         if r.status == SKIPPED:
             skipped = True
         for e in r.entries:
-            if e.status in (SKIPPED, UNDECIDED):
+            if e.status == UNDECIDED:
+                undecided = True
+            elif e.status == SKIPPED:
                 skipped = True
             elif e.status != expect:
                 bad = True
         if r.status in (engine.FAILS, "mixed") and (not r.entries or not r.source):
             bad = True  # the series itself failed (e.g. a mirror without the pinned commit)
     if bad:
-        return 1
-    return 3 if (skipped and strict) else 0
+        return EXIT_FAILED
+    if undecided:
+        return EXIT_UNDECIDED
+    return EXIT_INCOMPLETE if (skipped and not allow_incomplete) else EXIT_OK
 
 
 # ---------------------------------------------------------------- reports

@@ -10,7 +10,7 @@ from pathlib import Path
 from . import check as check_mod
 from . import engine, lint as lint_mod, manifest as manifest_mod, sources
 from .apply import NotApplied, apply_series
-from .errors import SourceUnavailable, StackError
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_UNDECIDED, SourceUnavailable, StackError
 from .trees import DirTree
 
 
@@ -44,6 +44,15 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
                         "NAME=VALUE given on its command line or in the environment)")
     p.epilog = "build arguments a user may set (docker/Dockerfile):\n" + listing
     p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
+def _tag(value: str) -> str:
+    from .preflight import tag_problem
+
+    problem = tag_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem.replace("\n  what to do: ", "; "))
+    return value
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
@@ -82,7 +91,7 @@ def cmd_check(m, args) -> int:
                                                   expect=args.expect))
         else:
             reports.append(check_mod.check_series(m, n, groups, patches=patches, offline=args.offline))
-    code = check_mod.exit_code(reports, expect=args.expect, strict=args.strict)
+    code = check_mod.exit_code(reports, expect=args.expect, allow_incomplete=args.allow_incomplete)
     if args.json:
         json.dump({"exit": code, "expect": args.expect, "series": check_mod.to_json(reports)}, sys.stdout, indent=2)
         print()
@@ -110,11 +119,17 @@ def _summary(reports, code: int, args) -> str:
     if skipped:
         lines.append("Not checked, and why:")
         lines += skipped
-    verdict = {0: "OK", 1: "FAILED", 3: "INCOMPLETE"}[code]
-    if code == 0 and skipped:
-        verdict = "OK, but incomplete: the checks above were skipped (--strict makes that an error)"
-    elif code == 3:
-        verdict += ": checks were skipped and --strict was given"
+    if code == EXIT_OK:
+        verdict = "OK" if not skipped else ("OK for what was checked; INCOMPLETE: the entries above were not "
+                                            "checked (--allow-incomplete accepts that)")
+    elif code == EXIT_FAILED:
+        verdict = "FAILED: a patch does not fit (exit 1)"
+    elif code == EXIT_UNDECIDED:
+        verdict = ("UNDECIDED (exit 4): a patch did not fit after an entry before it was skipped; whether it "
+                   "is at fault is known only with the skipped entry's source (the hint above names it)")
+    else:
+        verdict = ("INCOMPLETE (exit 3): the entries above were not checked; make their sources reachable, "
+                   "or accept it with --allow-incomplete")
     lines.append(verdict)
     return "\n".join(lines)
 
@@ -311,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expect", choices=[engine.FITS, engine.APPLIED], default=engine.FITS,
                    help="what each patch must be: 'fits' (default) or 'applied' (a patched tree)")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
-    p.add_argument("--strict", action="store_true", help="exit 3 when a check was skipped (source unreachable)")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="exit 0 when every check that ran held, even if some were skipped (source "
+                        "unreachable); without it a skip exits 3")
+    p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default since exit 3 is
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("apply", help="validate, then apply a series to a tree, all or nothing")
@@ -347,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("image", help="build the GPU image (Docker SDK), patches validated before they apply")
     _add_selection(p)
-    p.add_argument("--tag", help="an extra tag (NAME:TAG, or TAG for this image's repository)")
+    p.add_argument("--tag", type=_tag, help="an extra tag (NAME:TAG, or TAG for this image's repository)")
     p.add_argument("--base-image", help="override the Dockerfile's BASE_IMAGE")
     p.add_argument("--plan", action="store_true", help="print the plan (tag, arguments, labels) and stop")
     _add_build_args(p)
@@ -378,8 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("push", help="push this stack's image tags to a registry")
     _add_selection(p)
-    p.add_argument("--registry", required=True)
-    p.add_argument("--tag")
+    p.add_argument("--registry", required=True, help="e.g. registry.example.com/team")
+    p.add_argument("--tag", type=_tag)
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("materialise", help="write the files a series creates or changes into a folder")

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+# The exit codes of every command (docs/tool.md, "Exit codes"); each means one thing everywhere.
+EXIT_OK = 0  # everything asked for was done, and held
+EXIT_FAILED = 1  # something checked does not hold: a patch does not fit, a test failed
+EXIT_ERROR = 2  # bad input or a missing prerequisite: the message says what to do
+EXIT_INCOMPLETE = 3  # a check asked for was skipped (its source could not be reached); the rest held
+EXIT_UNDECIDED = 4  # a patch did not fit after an earlier entry was skipped: it may or may not be at fault
+EXIT_NOT_RUN = 6  # a test tier asked for cannot run on this host (5 is pytest's "no tests collected")
+
 
 class StackError(Exception):
     def __init__(self, message: str, *, hint: str | None = None):

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .errors import StackError
+from .errors import EXIT_FAILED, EXIT_NOT_RUN, EXIT_OK, StackError
 
 SUITE = "/opt/gemma4-stack/tests/image/suite.py"
 MOUNT = "/image-test"
@@ -66,13 +66,30 @@ def device_request(gpus: str | None, gpus_here: int):
     return docker.types.DeviceRequest(device_ids=ids, capabilities=[["gpu"]]), len(ids)
 
 
-def suite_command(tier: str, not_run: dict[str, str], gpus: int | None) -> list[str]:
-    cmd = ["python3", SUITE, "--tier", tier, "--out", MOUNT, "--labels", f"{MOUNT}/labels.json"]
+def suite_command(tier: str, not_run: dict[str, str], gpus: int | None, asked: str | None = None) -> list[str]:
+    cmd = ["python3", SUITE, "--tier", tier, "--out", MOUNT, "--labels", f"{MOUNT}/labels.json",
+           "--asked", asked or f"{tier}, the default here"]
     for t, why in not_run.items():
         cmd += ["--not-run", f"{t}={why}"]
     if gpus:
         cmd += ["--gpus", str(gpus)]
     return cmd
+
+
+def outcome(code: int, asked: str | None, not_run: dict[str, str]) -> tuple[int, str]:
+    """The command's exit status and verdict from the suite's: a tier the user asked for (TIER=) that
+    this host cannot run is never a pass, whatever ran below it (EXIT_NOT_RUN)."""
+    if code == EXIT_OK and asked is not None and not_run:
+        code = EXIT_NOT_RUN
+    if code == EXIT_OK:
+        return code, "passed (skips listed above)" + (f"; tier {', '.join(not_run)} not run here, as said above"
+                                                      if not_run else "")
+    if code == EXIT_FAILED:
+        return code, "FAILED: see the table above"
+    if code == EXIT_NOT_RUN:
+        what = ", ".join(not_run) or asked
+        return code, f"NOT RUN (exit 6): tier {what} was asked for and could not run; what ran below it passed"
+    return code, f"exit {code}"
 
 
 def run(image: str, *, tier: str | None, gpus: str | None, out_dir: Path, out=print) -> int:
@@ -92,7 +109,7 @@ def run(image: str, *, tier: str | None, gpus: str | None, out_dir: Path, out=pr
         req, n_gpus = device_request(gpus, n_here)
         kwargs.update(device_requests=[req], ipc_mode="host", shm_size="16g",
                       ulimits=[__import__("docker").types.Ulimit(name="memlock", soft=-1, hard=-1)])
-    cmd = suite_command(run_tier, not_run, n_gpus)
+    cmd = suite_command(run_tier, not_run, n_gpus, asked=tier)
     out(f"image-test: {image}: tier {run_tier}" + (f" on {n_gpus} GPU(s)" if n_gpus else "")
         + "".join(f"; tier {t} NOT RUN: {w}" for t, w in not_run.items()))
     out(f"image-test: docker run --network none {'--gpus ' + (gpus or 'all') + ' ' if n_gpus else ''}"
@@ -109,6 +126,6 @@ def run(image: str, *, tier: str | None, gpus: str | None, out_dir: Path, out=pr
         raise StackError(f"the suite wrote no results (exit {code}): see its output above",
                          hint="an image built before `make image-test` existed has no suite at "
                               f"{SUITE}: rebuild it with make image")
-    verdict = {0: "passed (skips listed above)", 1: "FAILED: see the table above"}.get(code, f"exit {code}")
+    code, verdict = outcome(code, tier, not_run)
     out(f"image-test: {verdict}; results in {out_dir}/results.md and {out_dir}/junit.xml")
     return code

@@ -56,6 +56,10 @@ class Series:
 
 
 def parse(upstream: str, path: Path, known_groups: list[str]) -> Series:
+    if path.is_dir():
+        raise StackError(f"{path}: the series file for {upstream} is a directory, not a file",
+                         hint="patches/<upstream>/<version>/series is a text file listing the patches "
+                              "(see docs/tool.md)")
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -116,7 +120,13 @@ def load(manifest: Manifest, upstream: str) -> Series:
 
 
 def read_local(entry: Entry) -> bytes:
-    """The bytes of a patch of ours; a listed file that is missing is an error naming the entry."""
+    """The bytes of a patch of ours; a listed file that is missing, or a directory, is an error naming
+    the entry."""
+    if entry.local_path.is_dir():
+        raise StackError(
+            f"{entry.where()}: {entry.name} is listed but {entry.local_path} is a directory, not a patch file",
+            hint="list the .patch files themselves, one per line, or rename the directory",
+        )
     try:
         return entry.local_path.read_bytes()
     except FileNotFoundError:

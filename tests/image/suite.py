@@ -60,6 +60,8 @@ def parse_args(argv):
                     help="where an upstream's tree is (default: its image_path in patches/pins.toml)")
     ap.add_argument("--not-run", action="append", default=[], metavar="TIER=WHY",
                     help="a tier the driver did not ask for, and why (reported in the results)")
+    ap.add_argument("--asked", help="the tier the user asked the driver for (default: --tier); tiers above it "
+                                    "are reported as not asked for")
     ap.add_argument("--gpus", type=int, help="GPUs the driver gave the container (reported; the rl step is colocated on one)")
     return ap.parse_args(argv)
 
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
         skipped_tiers[tier] = why
     for tier in TIERS:
         if tier not in wanted and tier not in skipped_tiers:
-            skipped_tiers[tier] = f"not asked for (--tier {args.tier})"
+            skipped_tiers[tier] = f"not asked for (TIER={args.asked or args.tier})"
     if len(wanted) > 1:
         n, how = gpu_count()
         if n == 0:
@@ -103,7 +105,19 @@ def main(argv=None) -> int:
     print()
     print(text, end="")
     print(f"results: {out_dir / 'results.md'}, {out_dir / 'junit.xml'}")
-    return 1 if rep.failed else 0
+    return exit_status(rep.failed, wanted, skipped_tiers)
+
+
+def exit_status(failed, wanted, skipped_tiers) -> int:
+    """1: a check failed; 6: a tier this suite was asked to run could not run (never a pass; the
+    driver's EXIT_NOT_RUN); else 0."""
+    if failed:
+        return 1
+    missed = [t for t in wanted if t in skipped_tiers]
+    if missed:
+        print(f"image-test: tier {', '.join(missed)} asked for and NOT RUN (exit 6)", file=sys.stderr)
+        return 6
+    return 0
 
 
 if __name__ == "__main__":
