@@ -8,9 +8,9 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import REPO, corrupt_context, file_patch, numbered, run_git
+from conftest import REPO, corrupt_context, file_patch, numbered, run_git, tool
 
-from patchstack import image, manifest, sources
+from patchstack import cli, image, manifest, sources
 from patchstack.errors import SourceUnavailable, StackError
 
 FILE = numbered(30)
@@ -238,3 +238,22 @@ def test_a_long_step_reports_progress_while_it_runs():
     assert code == 3 and tail.splitlines()[-1] == "last"
     assert len(said) >= 3 and all(line.startswith("  step: ") and " s; " in line for line in said)
     assert any("first" in line or "second" in line for line in said)
+
+
+def test_push_of_an_image_not_built_here_is_one_line_and_pushes_nothing(world):
+    _stack(world)
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.skip("needs a Docker engine")
+    code, out, err = tool("push", "--gemma4", "--registry", "127.0.0.1:1/team")
+    assert code == 2, out + err
+    assert err.startswith("error: nothing pushed: gemma4-stack:") and "is not on this Docker engine" in err
+    assert len(err.strip().splitlines()) == 2 and "Traceback" not in err  # the error and what to do
+    assert "make image" in err and "pushed" not in out
+
+
+@pytest.mark.parametrize("tag", ["bad tag", "Bad!Tag", ""])
+def test_the_tool_refuses_a_bad_tag_before_any_plan(world, tag, capsys):
+    _stack(world)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["image", "--gemma4", "--plan", "--tag", tag])
+    assert e.value.code == 2 and "is not a valid image tag" in capsys.readouterr().err

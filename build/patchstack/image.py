@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import check, series, sources, workspace
+from . import check, preflight, series, sources, workspace
 from .apply import apply_series
 from .errors import SourceUnavailable, StackError
 from .manifest import Manifest
@@ -384,7 +384,7 @@ def build(plan: Plan, context: Path, *, network: str = "host", nocache: bool = F
             labels_seen.clear()
 
     stream = c.api.build(path=str(context), dockerfile="Dockerfile", buildargs=plan.build_args,
-                         labels=plan.labels, network_mode=network, rm=True, forcerm=True, decode=True,
+                         labels=build_labels(plan), network_mode=network, rm=True, forcerm=True, decode=True,
                          nocache=nocache)
     for chunk in stream:
         if "error" in chunk:
@@ -452,6 +452,15 @@ def format_labels(lab: dict[str, str]) -> str:
 
 def push(tags: list[str], registry: str, out=print) -> None:
     c = client()
+    missing = []
+    for t in tags:
+        try:
+            c.images.get(t)
+        except Exception:  # noqa: BLE001 - docker.errors.ImageNotFound without importing docker here
+            missing.append(t)
+    if missing:
+        raise StackError(f"nothing pushed: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on this "
+                         "Docker engine", hint="build it first with make image (the same GEMMA4=, TAG= and series)")
     for t in tags:
         repo, tag = t.rsplit(":", 1)
         target = f"{registry.rstrip('/')}/{repo}"
@@ -529,6 +538,24 @@ def debian_rootfs(out=print) -> Path:
     return rootfs_cache
 
 
+def build_labels(plan: Plan) -> dict[str, str]:
+    """The labels a build writes: the plan's, and on a smoke image the clone that made it (so that
+    `make distclean` removes this clone's smoke images and no other's)."""
+    if not plan.smoke:
+        return dict(plan.labels)
+    return {**plan.labels, preflight.CLONE_LABEL: preflight.clone_id()}
+
+
+def import_rootfs(rootfs: Path, tag: str) -> None:
+    """`docker import` of a root folder as `tag`, labelled with this clone (see build_labels)."""
+    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+    imp = subprocess.run(["docker", "import", "--change", f"LABEL {preflight.CLONE_LABEL}={preflight.clone_id()}",
+                          "-", tag], stdin=tar.stdout, capture_output=True, text=True)
+    tar.wait()
+    if imp.returncode != 0:
+        raise StackError(f"docker import of {tag} failed: {imp.stderr.strip()}")
+
+
 def smoke_base(manifest: Manifest, out=print) -> str:
     """A stand-in for the SGLang image: Debian with Python and git, and SGLang's sources from the
     PyPI sdist as a git checkout at /sgl-workspace/sglang. Made once, then reused by its tag."""
@@ -552,12 +579,10 @@ def smoke_base(manifest: Manifest, out=print) -> str:
     git("branch", "-q", "-m", "patches", "pinned", cwd=sgl_dir)
     git("tag", "-d", workspace.UPSTREAM_TAG, cwd=sgl_dir)
     out(f"docker import -> {tag}")
-    tar = subprocess.Popen(["tar", "-C", str(staging), "-c", "."], stdout=subprocess.PIPE)
-    imp = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True)
-    tar.wait()
-    shutil.rmtree(staging, ignore_errors=True)
-    if imp.returncode != 0:
-        raise StackError(f"docker import failed: {imp.stderr.strip()}")
+    try:
+        import_rootfs(staging, tag)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return tag
 
 

@@ -28,7 +28,7 @@ RECIPE = HERE / "image"
 REPO = HERE.parent.parent
 sys.path.insert(0, str(REPO / "build"))
 
-from patchstack import image  # noqa: E402
+from patchstack import image, preflight  # noqa: E402
 from patchstack.errors import StackError  # noqa: E402
 
 IMAGE_REPO = "gemma4-stack-slurm-test"
@@ -82,11 +82,7 @@ def build_image(out=print) -> str:
     if not _exists(BASE_TAG):
         rootfs = image.debian_rootfs(out)
         out(f"docker import {rootfs} -> {BASE_TAG}")
-        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        imp = subprocess.run(["docker", "import", "-", BASE_TAG], stdin=tar.stdout, capture_output=True, text=True)
-        tar.wait()
-        if imp.returncode != 0:
-            raise RuntimeError(f"docker import failed: {imp.stderr.strip()}")
+        image.import_rootfs(rootfs, BASE_TAG)
     with tempfile.TemporaryDirectory(prefix="slurm-test-ctx-") as d:
         ctx = Path(d)
         for f in RECIPE.iterdir():
@@ -103,7 +99,8 @@ def build_image(out=print) -> str:
             raise RuntimeError(f"pip download of the Ray wheels failed: {tail}")
         out(f"docker build {tag} (apt: Slurm, munge, gcc; Ray offline) ...")
         code, tail = image.run_with_heartbeat(
-            ["docker", "build", "--network", "host", "--build-arg", f"BASE={BASE_TAG}", "-t", tag, str(ctx)],
+            ["docker", "build", "--network", "host", "--build-arg", f"BASE={BASE_TAG}",
+             "--label", f"{preflight.CLONE_LABEL}={preflight.clone_id()}", "-t", tag, str(ctx)],
             "docker build", out)
         if code != 0:
             raise RuntimeError(f"docker build of the Slurm test image failed: {tail}")
