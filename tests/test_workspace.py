@@ -124,3 +124,50 @@ def test_first_patches_of_a_group_keep_the_groups_in_their_order(world):
     assert tool("export", "megatron")[0] == 0
     text = (folder / "series").read_text()
     assert text.index("[base]") < text.index("[gemma4]") < text.index("0001-gemma4-change.patch")
+
+
+def test_without_slime_the_workspace_is_made_on_the_bare_pin_and_says_so(world, monkeypatch):
+    """The external entry's upstream unreachable: our patches go on the bare upstream, an empty
+    commit holds the missing entry's place, and export writes the series back unchanged."""
+    _stack(world)
+    folder = world.folder("megatron")
+    before = _files(folder)
+    monkeypatch.setenv("UPSTREAM_SLIME_GIT", str(world.tmp / "no-such-slime"))
+    code, out, err = tool("workspace", "megatron", "--gemma4")
+    assert code == 0, err
+    assert "MISSING   slime:docker/megatron.patch" in out and "NOT applied" in out
+    ws = world.root / "out" / "workspace" / "megatron"
+    log = run_git(ws, "log", "--reverse", "--format=%s", "upstream..HEAD").splitlines()
+    assert log == ["[external, MISSING] slime:docker/megatron.patch", "First", "Second"]
+    assert "b three" not in (ws / "b.py").read_text()  # slime's change is not there
+    assert "thirty" in (ws / "a.py").read_text()
+    code, out, _ = tool("export", "megatron")
+    assert code == 0 and "MISSING   slime:docker/megatron.patch" in out
+    # nothing edited: no byte changes (line numbers on the bare pin differ; the files stand)
+    assert _files(folder) == before, "export changed the series or a patch"
+    # an edit of ours still exports; the placeholder's series line stays first
+    _amend(ws, 0, "a.py", "thirty\n", "THIRTY\n")
+    assert tool("export", "megatron")[0] == 0
+    assert (folder / "series").read_bytes() == before["series"]
+    assert b"+THIRTY" in (folder / "0002-second.patch").read_bytes()
+    assert (folder / "0001-first.patch").read_bytes() == before["0001-first.patch"]
+    # changes put into the placeholder are refused, not exported under slime's name or lost
+    _amend(ws, 2, "b.py", "b 4\n", "b four\n")
+    code, _, err = tool("export", "megatron")
+    assert code == 2 and "holds the place of slime:docker/megatron.patch" in err
+
+
+def test_without_slime_a_patch_that_needs_it_is_refused_naming_the_missing_entry(world, monkeypatch):
+    mg = world.upstream("megatron", {"a.py": FILE, "b.py": numbered(30, "b")})
+    with_ext = numbered(30, "b").replace("b 3\n", "b three\n")
+    ext = mg.diff({"b.py": with_ext})
+    world.upstream("slime", {"docker/megatron.patch": ext})
+    world.add_external("megatron", "slime:docker/megatron.patch", hashlib.sha256(ext.encode()).hexdigest())
+    mg.pin = mg.commit({"b.py": with_ext}, "tmp")  # our patch written on top of slime's
+    world.add_patch("megatron", "0001-on-slime.patch", mg.diff({"b.py": with_ext.replace("b three\n", "b 3!\n")}),
+                    group="gemma4")
+    world.repin("megatron", run_git(mg.path, "rev-parse", "HEAD~1").strip())
+    monkeypatch.setenv("UPSTREAM_SLIME_GIT", str(world.tmp / "no-such-slime"))
+    code, _, err = tool("workspace", "megatron", "--gemma4")
+    assert code == 2 and "does not fit megatron without slime:docker/megatron.patch (unreachable)" in err
+    assert not (world.root / "out" / "workspace" / "megatron").exists()

@@ -165,6 +165,10 @@ def cmd_workspace(m, args) -> int:
     print(f"{args.upstream}: workspace at {ws}: the pin is tagged '{workspace.UPSTREAM_TAG}', "
           f"{n} patch commits on branch 'patches'")
     print(f"edit with git (commit --amend, rebase -i {workspace.UPSTREAM_TAG}), then: make export UPSTREAM={args.upstream}")
+    for name in workspace.missing_entries(ws):
+        print(f"MISSING   {name}: its upstream could not be reached, so it is NOT applied: the workspace is "
+              f"{args.upstream}'s pin without it (an empty commit holds its place; export keeps its series line). "
+              "Patches made here may not fit once it is back: run make check with the source reachable.")
     return 0
 
 
@@ -178,6 +182,8 @@ def cmd_export(m, args) -> int:
         print(f"removed   {n}")
     for n in r.external_edited:
         print(f"EXTERNAL  {n}: edited in the workspace; not ours, so written under out/ only")
+    for n in r.missing:
+        print(f"MISSING   {n}: not in this workspace (its upstream was unreachable); its series line is kept")
     print(f"{args.upstream}: {len(r.written)} written, {len(r.unchanged)} unchanged, {len(r.removed)} removed"
           + ("; series file updated" if r.series_changed else "; series file unchanged"))
     return 0

@@ -19,18 +19,21 @@ from __future__ import annotations
 import email.utils
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import diff, engine, series, sources
 from .apply import write_changes
 from .check import PatchSource, format_failures
-from .errors import StackError
+from .errors import SourceUnavailable, StackError
 from .manifest import Manifest
 from .trees import DirTree, GitTree, git
 
 UPSTREAM_TAG = "upstream"
 T_PATCH, T_EXTERNAL, T_GROUP = "Patchstack-Patch", "Patchstack-External", "Patchstack-Group"
+# An external entry whose upstream could not be reached: an empty commit that holds its place in
+# the series, so that export writes the series line back where it was.
+T_MISSING = "Patchstack-Missing"
 DIFF_ARGS = ["-c", "core.quotepath=true", "-c", "diff.noprefix=false", "-c", "diff.mnemonicprefix=false",
              "-c", "diff.relative=false"]
 DIFF_OPTS = ["--no-color", "--no-ext-diff", "--no-textconv", "-U3", "--diff-algorithm=myers",
@@ -94,7 +97,18 @@ def create(manifest: Manifest, upstream: str, groups: list[str], *, force: bool 
     src = sources.source(up, offline=offline)
     reader = PatchSource(manifest, offline)
     entries = series.load(manifest, upstream).selected(groups)
-    texts = [(e, reader.read(e)) for e in entries]  # every entry readable before anything is made
+    # Every entry readable before anything is made; an external entry whose upstream is unreachable
+    # (slime's SGLang patch without slime) becomes a placeholder, and the workspace says so.
+    texts: list[tuple[series.Entry, bytes | None]] = []
+    missing: dict[str, str] = {}
+    for e in entries:
+        try:
+            texts.append((e, reader.read(e)))
+        except SourceUnavailable as err:
+            if not e.is_external:
+                raise
+            texts.append((e, None))
+            missing[e.name] = err.message
 
     ws.parent.mkdir(parents=True, exist_ok=True)
     tmp = ws.with_name(ws.name + ".partial")
@@ -102,19 +116,42 @@ def create(manifest: Manifest, upstream: str, groups: list[str], *, force: bool 
     try:
         init_tree(tmp, src, upstream, groups)
         for e, data in texts:
+            if data is None:
+                commit_missing(tmp, e, missing[e.name])
+                continue
             patch = diff.parse(e.name, data)
             res = engine.apply_patch(patch, DirTree(tmp))
             if res.status != engine.FITS:
                 detail = "\n".join(format_failures(res)) if res.status == engine.FAILS else ""
-                raise StackError(f"{e.where()}: {e.name} does not fit {upstream} at its pin: {res.status}\n{detail}",
-                                 hint="run `make check` for the full report")
+                without = f" without {', '.join(missing)} (unreachable)" if missing else " at its pin"
+                raise StackError(f"{e.where()}: {e.name} does not fit {upstream}{without}: {res.status}\n{detail}",
+                                 hint=("it may need the missing entry's changes: make its source reachable "
+                                       "(the message above names the variable)") if missing else
+                                 "run `make check` for the full report")
             write_changes(tmp, res.changes)
             commit_entry(tmp, e, patch)
+            if missing and not e.is_external:
+                # on a tree without the missing entry, line numbers differ from the file's: export
+                # keeps the file of a commit whose change (patch-id: lines, not numbers) is as made
+                git("config", f"patchstackmade.{e.name}.patchid", _patch_id(tmp, "HEAD"), cwd=tmp)
+        if missing:
+            git("config", "patchstack.missing", ",".join(missing), cwd=tmp)
         tmp.rename(ws)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ws
+
+
+def _patch_id(ws: Path, commit: str) -> str:
+    shown = git("show", "--no-color", "--format=", commit, cwd=ws).stdout
+    return git("patch-id", "--stable", cwd=ws, input=shown).stdout.decode().split(" ")[0]
+
+
+def missing_entries(ws: Path) -> list[str]:
+    """The external entries a workspace holds only as placeholders (their upstream was unreachable)."""
+    got = git("config", "--default", "", "patchstack.missing", cwd=ws).stdout.decode().strip()
+    return [x for x in got.split(",") if x]
 
 
 def init_tree(path: Path, src: sources.Source, upstream: str, groups: list[str]) -> None:
@@ -125,6 +162,18 @@ def init_tree(path: Path, src: sources.Source, upstream: str, groups: list[str])
     git("tag", UPSTREAM_TAG, src.commit, cwd=path)
     git("config", "patchstack.upstream", upstream, cwd=path)
     git("config", "patchstack.groups", ",".join(groups), cwd=path)
+
+
+def commit_missing(tree: Path, e: series.Entry, reason: str) -> None:
+    """An empty commit in the place of an external entry whose upstream could not be reached."""
+    msg = (f"[external, MISSING] {e.name}\n\nNot applied: {e.external_upstream} could not be reached "
+           f"({reason.splitlines()[0]}).\nThe commits after this one are on the upstream without it. Export "
+           f"keeps its series line as it is; leave this commit empty.\n\n"
+           f"{T_EXTERNAL}: {e.name} sha256={e.sha256}\n{T_MISSING}: yes\n{T_GROUP}: {e.group}\n")
+    env = {"GIT_AUTHOR_NAME": "patchstack", "GIT_AUTHOR_EMAIL": "patchstack@localhost",
+           "GIT_AUTHOR_DATE": "Thu, 1 Jan 1970 00:00:00 +0000", "GIT_COMMITTER_NAME": "patchstack",
+           "GIT_COMMITTER_EMAIL": "patchstack@localhost", "GIT_COMMITTER_DATE": "Thu, 1 Jan 1970 00:00:00 +0000"}
+    git("commit", "-q", "--allow-empty", "--no-verify", "-F", "-", cwd=tree, input=msg.encode(), env=env)
 
 
 def commit_entry(tree: Path, e: series.Entry, patch: diff.Patch) -> None:
@@ -151,6 +200,7 @@ class Exported:
     removed: list[str]
     external_edited: list[str]
     series_changed: bool
+    missing: list[str] = field(default_factory=list)
 
 
 def _trailers(msg: str) -> dict[str, str]:
@@ -215,6 +265,14 @@ def export(manifest: Manifest, upstream: str) -> Exported:
         if T_EXTERNAL in t:
             ref, _, digest = t[T_EXTERNAL].partition(" sha256=")
             new_entries.append((group, f"{ref} sha256={digest}"))
+            if T_MISSING in t:
+                if git("diff", "--name-only", f"{c}^", c, cwd=ws).stdout.strip():
+                    raise StackError(f"{ws}: commit {c[:12]} holds the place of {ref}, which this workspace "
+                                     "could not read, and it now has changes; nothing was exported",
+                                     hint="move the changes into a commit of ours (git rebase -i upstream) and "
+                                          "leave the placeholder empty")
+                result.missing.append(ref)
+                continue
             if _external_edited(manifest, ws, c, ref, digest):
                 out_dir.mkdir(parents=True, exist_ok=True)
                 dest = out_dir / (ref.replace(":", "_").replace("/", "_"))
@@ -227,8 +285,12 @@ def export(manifest: Manifest, upstream: str) -> Exported:
             name = f"{next_no:04d}-{_slug(subject)}.patch"
             next_no += 1
         new_entries.append((group, name))
-        data = render(ws, c)
         path = folder / name
+        made = git("config", "--default", "", f"patchstackmade.{name}.patchid", cwd=ws).stdout.decode().strip()
+        if made and path.exists() and _patch_id(ws, c) == made:
+            result.unchanged.append(name)  # as made on a tree without a missing entry: the file stands
+            continue
+        data = render(ws, c)
         if path.exists() and path.read_bytes() == data:
             result.unchanged.append(name)
         else:
