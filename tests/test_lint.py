@@ -7,9 +7,22 @@ from conftest import numbered, tool
 FILE = numbered(20)
 
 
+LICENSE = "License: Apache-2.0; this change modifies slime (THUDM/slime, Apache-2.0), whose files stay under that license (NOTICE)"
+
+
 def _good(up):
     return up.diff({"a.py": FILE.replace("line 5\n", "five\n")},
-                   status="temporary waits for https://example.invalid/upstream/pull/1")
+                   status="temporary waits for https://example.invalid/upstream/pull/1\n" + LICENSE)
+
+
+def test_header_must_say_the_license(world):
+    up = world.upstream("slime", {"a.py": FILE})
+    world.add_patch("slime", "0001-nolicense.patch", _good(up).replace(LICENSE + "\n", ""))
+    world.add_patch("slime", "0002-vague.patch", _good(up).replace("; this change modifies slime", ""))
+    code, out, _ = tool("lint")
+    assert code == 1 and "FAILED: 2 problems" in out
+    assert "0001-nolicense.patch: the header has no 'License:' line" in out
+    assert "0002-vague.patch: the header has no 'License:' line" in out
 
 
 def test_a_good_series_passes(world):

@@ -77,7 +77,9 @@ def test_new_and_dropped_commits_update_the_series(world):
     run_git(ws, "rebase", "-q", "--onto", "HEAD~1", "HEAD")  # drop the last commit ("Second")
     (ws / "c.py").write_text("new file\n")
     run_git(ws, "add", "c.py")
-    run_git(ws, "commit", "-q", "-m", "Add c.py for Gemma4", "-m", "Upstream-Status: environment tests")
+    run_git(ws, "commit", "-q", "-m", "Add c.py for Gemma4", "-m", "Upstream-Status: environment tests\n"
+            "License: Apache-2.0; this change modifies Megatron-LM (NVIDIA/Megatron-LM, its LICENSE), whose files "
+            "stay under that license (NOTICE)")
     code, out, _ = tool("export", "megatron")
     assert code == 0
     assert "wrote     0003-add-c-py-for-gemma4.patch" in out and "removed   0002-second.patch" in out

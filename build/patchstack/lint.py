@@ -10,6 +10,9 @@ A patch of ours must:
       Upstream-Status: temporary <link to the upstream change it waits for>
       Upstream-Status: environment <why only this stack needs it>
       Upstream-Status: incompatible <why upstream would not take it>
+- say whose code it changes, under which license: a "License:" line
+      License: Apache-2.0; this change modifies <project> (<repository>, <its license>), whose files
+      stay under that license (NOTICE)
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .errors import StackError
 from .manifest import Manifest
 
 STATUS = re.compile(r"^Upstream-Status:[ \t]*(\S+)[ \t]*(.*)$", re.M)
+LICENSE = re.compile(r"^License:[ \t]*Apache-2\.0\b.*\bmodifies\b\s*\S", re.M)
 KINDS = ("temporary", "environment", "incompatible")
 MARKERS = (b"<<<<<<< ", b">>>>>>> ", b"=======\n", b"|||||||")
 
@@ -78,6 +82,9 @@ def lint_patch(path: Path, data: bytes) -> list[Problem]:
     elif not m.group(2).strip():
         out.append(Problem(where, f"Upstream-Status: {m.group(1)} needs a reason (for temporary: the upstream "
                            "change it waits for)"))
+    if not LICENSE.search(p.header):
+        out.append(Problem(where, "the header has no 'License:' line: 'License: Apache-2.0; this change modifies "
+                           "<project> (<repository>, <its license>), whose files stay under that license (NOTICE)'"))
     return out
 
 
