@@ -93,7 +93,10 @@ class Upstream:
             run_git(self.path, "reset", "-q", "--hard")
         finally:
             run_git(self.path, "checkout", "-q", "main")
-        return f"From: t <t@example.invalid>\nSubject: [PATCH] {subject}\n\nUpstream-Status: {status}\n---\n{body}"
+        lic = "" if "License:" in status else ("\nLicense: Apache-2.0; this change modifies a test upstream (example, "
+                                                "Apache-2.0), whose files stay under that license (NOTICE)")
+        return (f"From: t <t@example.invalid>\nSubject: [PATCH] {subject}\n\nUpstream-Status: {status}{lic}\n"
+                f"---\n{body}")
 
     def checkout(self, dest: Path, commit: str | None = None) -> Path:
         run_git(self.path.parent, "clone", "-q", str(self.path), str(dest))
