@@ -268,7 +268,8 @@ def render_k8s(v: dict) -> dict[str, dict]:
     """The manifests, by file name: the shared volume's claim, a RayCluster (interactive use) and a
     RayJob (a run: its cluster is made for it and deleted after it)."""
     if not v["image"]:
-        raise ValuesError("no image: give the tag `make image` printed (make k8s-manifests IMAGE=<tag>)")
+        raise ValuesError("no image: give the tag `make image` printed, pushed to a registry "
+                          "(make k8s-manifests IMAGE=registry.example.com/team/gemma4-stack:<tag>)")
     if v["image"][0] in "/." or "#" in v["image"] or "://" in v["image"]:
         raise ValuesError(f"image {v['image']!r} is a pyxis/enroot form; Kubernetes pulls a registry reference: "
                           "registry.example.com/team/gemma4-stack:<tag>")
