@@ -16,9 +16,9 @@
 #                                      (SMOKE=1 [GEMMA4=1]: the smoke image); out/image-test/
 #   make inspect IMAGE=...             an image's provenance labels
 #   make push REGISTRY=... [GEMMA4=1]  push the image's tags
-#   make slurm-script [IMAGE=<tag>] [VALUES=<file>] [SET='key=value ...']   the Slurm batch script
+#   make slurm-script [IMAGE=<ref>] [VALUES=<file>] [SET='key=value ...']   the Slurm batch script
 #                                      (pyxis/enroot): out/cluster/gemma4.sbatch (docs/cluster.md)
-#   make k8s-manifests IMAGE=<tag> [VALUES=<file>] [SET='key=value ...']    the KubeRay RayJob,
+#   make k8s-manifests IMAGE=<ref> [VALUES=<file>] [SET='key=value ...']    the KubeRay RayJob,
 #                                      RayCluster and shared claim: out/cluster/k8s/
 #   make clean                         remove out/ but the installed environments, and the egg-info
 #   make distclean [CACHE=1]           also the environments and the smoke and Slurm test images this
@@ -123,7 +123,8 @@ push: tool-venv
 	$(TOOL) push $(SELECT) --registry '$(REGISTRY)' $(if $(TAG),--tag '$(TAG)')
 
 # The cluster launchers, from cluster/values.toml (or VALUES=<file>, SET='nodes=4 ...') and the
-# Dockerfile's Ray pin; IMAGE is the tag `make image` printed.
+# Dockerfile's Ray pin; IMAGE is the image in a registry (<ref>: registry.example.com/team/gemma4-stack:<tag>,
+# after make push); a local tag is refused for Slurm (docs/cluster.md, "The image's name").
 CLUSTER_ARGS = $(if $(IMAGE),--image '$(IMAGE)') $(if $(VALUES),--values '$(VALUES)') $(foreach s,$(SET),--set '$(s)')
 slurm-script: tool-venv
 	$(TOOL_VENV)/bin/python cluster/render.py slurm $(CLUSTER_ARGS) $(ARGS)

@@ -6,7 +6,9 @@
 
 `make slurm-script` and `make k8s-manifests` call it. The values are cluster/values.toml (a file of
 your own with --values: the same keys, any subset); Ray's version is the image's, read from
-docker/Dockerfile (ARG RAY_VERSION), so the launchers and the image cannot disagree.
+docker/Dockerfile (ARG RAY_VERSION), so the launchers and the image cannot disagree. The image is
+given as a registry reference (registry.example.com/team/gemma4-stack:TAG); the Slurm script gets
+it in pyxis's form (registry.example.com#team/gemma4-stack:TAG), see pyxis_image().
 """
 
 from __future__ import annotations
@@ -101,6 +103,58 @@ def ray_version() -> str:
     return v
 
 
+# ------------------------------------------------------------------ the image's name
+
+# The two forms pyxis reads as something other than a Docker Hub name, for the error messages.
+PYXIS_FORMS = ("a registry reference, registry.example.com/team/gemma4-stack:<tag> (written for pyxis as "
+               "registry.example.com#team/gemma4-stack:<tag>), or a squashfs file made on a machine that has "
+               "the image with `enroot import -o /shared/gemma4.sqsh dockerd://<tag>` (an absolute path on a "
+               "file system every node mounts)")
+
+
+def _registry_host(component: str) -> bool:
+    """Docker's rule for the first component of a reference: a registry host has a dot or a port,
+    or is localhost; anything else is a Docker Hub namespace or image name."""
+    return "." in component or ":" in component or component == "localhost"
+
+
+def pyxis_image(image: str, allow_docker_hub: bool = False) -> str:
+    """The image as pyxis's --container-image takes it: [USER@][REGISTRY#]IMAGE[:TAG], or a squashfs
+    file when it starts with / or . (pyxis hands anything else to enroot as docker://<image>).
+
+    - empty, a path (/x.sqsh, ./x.sqsh), or already in pyxis's form (has '#'): unchanged;
+    - dockerd://<tag> (the Docker daemon on each node; pyxis's current sources take it): unchanged;
+    - a registry reference, host/path:tag (the host has a dot or a port, or is localhost), becomes
+      host#path:tag (a USER@ before the host is kept), the form in which enroot asks that registry;
+    - anything else (gemma4-stack:tag, team/gemma4-stack:tag) names an image on Docker Hub, where
+      enroot would look for it: refused unless allow_docker_hub."""
+    if not image or image[0] in "/." or "#" in image or image.startswith("dockerd://"):
+        return image
+    if "://" in image:
+        raise ValuesError(f"image {image!r}: give it without a scheme (pyxis adds docker:// itself): "
+                          + PYXIS_FORMS)
+    m = re.fullmatch(r"(?:([^/@#]+)@)?([^/#]+)/(.+)", image)
+    if m and _registry_host(m.group(2)):
+        user, host, rest = m.groups()
+        return f"{user + '@' if user else ''}{host}#{rest}"
+    if allow_docker_hub:
+        return image
+    raise ValuesError(f"image {image!r} names no registry, so pyxis would look for it on Docker Hub "
+                      f"(a local tag is not seen by enroot); give {PYXIS_FORMS}; or, for an image that is on "
+                      "Docker Hub, slurm.allow_docker_hub = true (make slurm-script SET=slurm.allow_docker_hub=true)")
+
+
+def k8s_image_note(image: str) -> str | None:
+    """A warning for a Kubernetes image without a registry host: the kubelet uses a node's own copy
+    (imagePullPolicy IfNotPresent) and pulls it from Docker Hub on a node without one."""
+    m = re.fullmatch(r"(?:[^/@#]+@)?([^/#]+)/.+", image)
+    if m and _registry_host(m.group(1)):
+        return None
+    return (f"warning: image {image!r} names no registry: a node that does not have it already pulls it from "
+            "Docker Hub (imagePullPolicy IfNotPresent); push it (make push REGISTRY=registry.example.com/team) "
+            "and give registry.example.com/team/gemma4-stack:<tag>")
+
+
 # ------------------------------------------------------------------ Slurm
 
 
@@ -119,13 +173,13 @@ def slurm_block(v: dict) -> str:
     if v["slurm.exclusive"]:
         lines.append("#SBATCH --exclusive")
     lines.append("#SBATCH --output=slurm-%j.out")
-    env = {"IMAGE": v["image"], "RAY_VERSION": v["ray_version"], "MODEL_SCRIPT": v["model_script"],
-           "GPUS_PER_NODE": str(v["gpus_per_node"])}
+    env = {"IMAGE": pyxis_image(v["image"], v["slurm.allow_docker_hub"]), "RAY_VERSION": v["ray_version"],
+           "MODEL_SCRIPT": v["model_script"], "GPUS_PER_NODE": str(v["gpus_per_node"])}
     for key in ("shared_dir", "hf_checkpoint", "data_dir", "save_dir"):
         env[key.upper()] = v[key]
     for key, value in v.items():
         if key.startswith("slurm.") and key[6:] not in SBATCH_KEYS:
-            env[key[6:].upper()] = str(value)
+            env[key[6:].upper()] = str(int(value)) if isinstance(value, bool) else str(value)
     lines += [f': "${{{name}={_dq(value)}}}"' for name, value in env.items()]
     return BEGIN + "\n".join(lines) + "\n" + END
 
@@ -214,7 +268,11 @@ def render_k8s(v: dict) -> dict[str, dict]:
     """The manifests, by file name: the shared volume's claim, a RayCluster (interactive use) and a
     RayJob (a run: its cluster is made for it and deleted after it)."""
     if not v["image"]:
-        raise ValuesError("no image: give the tag `make image` printed (make k8s-manifests IMAGE=<tag>)")
+        raise ValuesError("no image: give the tag `make image` printed, pushed to a registry "
+                          "(make k8s-manifests IMAGE=registry.example.com/team/gemma4-stack:<tag>)")
+    if v["image"][0] in "/." or "#" in v["image"] or "://" in v["image"]:
+        raise ValuesError(f"image {v['image']!r} is a pyxis/enroot form; Kubernetes pulls a registry reference: "
+                          "registry.example.com/team/gemma4-stack:<tag>")
     k = lambda key: v[f"k8s.{key}"]  # noqa: E731
     pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(v, k("shared_claim")),
            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": k("shared_size")}}}}
@@ -279,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("target", choices=["slurm", "k8s"])
     ap.add_argument("--values", type=Path, help="a values file of your own (keys of cluster/values.toml)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="one value (nodes=4, slurm.exclusive=false)")
-    ap.add_argument("--image", help="the image tag `make image` printed")
+    ap.add_argument("--image", help="the image: registry.example.com/team/gemma4-stack:<tag> (Slurm: also "
+                                    "registry.example.com#team/gemma4-stack:<tag> or a .sqsh path)")
     ap.add_argument("--out", type=Path, help="file (slurm) or folder (k8s); default under out/cluster/")
     ap.add_argument("--update-template", action="store_true",
                     help="slurm: rewrite the generated block of cluster/slurm/gemma4.sbatch from cluster/values.toml")
@@ -297,13 +356,17 @@ def main(argv: list[str] | None = None) -> int:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(render_slurm(v))
             out.chmod(0o755)
+            image = pyxis_image(v["image"], v["slurm.allow_docker_hub"])
             print(f"wrote {out}: {v['nodes']} nodes x {v['gpus_per_node']} GPUs, Ray {v['ray_version']}, "
-                  f"image {v['image'] or '(none: give IMAGE=<tag> to sbatch)'}")
+                  f"image {image or '(none: give IMAGE=<registry>#<image>:<tag> to sbatch)'}")
             print(f"submit: sbatch {out}")
         else:
             out = a.out or ROOT / "out" / "cluster" / "k8s"
+            manifests = render_k8s(v)
+            if note := k8s_image_note(v["image"]):
+                print(f"cluster/render.py: {note}", file=sys.stderr)
             out.mkdir(parents=True, exist_ok=True)
-            for name, obj in render_k8s(v).items():
+            for name, obj in manifests.items():
                 (out / name).write_text(f"# {name}: written by `make k8s-manifests` from cluster/values.toml\n"
                                         + to_yaml(obj) + "\n")
             print(f"wrote {out}/pvc.yaml, raycluster.yaml, rayjob.yaml: {v['nodes']} pods x {v['gpus_per_node']} GPUs, "

@@ -25,6 +25,7 @@ import render  # noqa: E402
 import slurm_cluster  # noqa: E402
 
 IMAGE = "registry.example.org/team/gemma4-stack:test"
+PYXIS_IMAGE = "registry.example.org#team/gemma4-stack:test"  # what `make slurm-script` gives pyxis
 SHARED = slurm_cluster.SHARED
 # What the tests change from cluster/values.toml: nodes shared by two jobs, a short start time,
 # the containers' 2 GiB /dev/shm, a small object store (the nodes have 2 cores and little memory).
@@ -172,7 +173,7 @@ def test_a_run_completes_on_both_nodes_with_the_dashboard_on_loopback_and_a_toke
     steps = records(c, job)
     mounts = f"--container-mounts={SHARED}:{SHARED},/dev/shm:/dev/shm"
     assert {line.split()[0] for line in steps} == {"host=n1", "host=n2"}
-    assert all(f"--container-image={IMAGE} " in line and mounts in line and f"--container-name=gemma4-{job}" in line
+    assert all(f"--container-image={PYXIS_IMAGE} " in line and mounts in line and f"--container-name=gemma4-{job}" in line
                for line in steps), steps
     assert not host_token.exists(), "the token outlives its job"
     assert "Ray is ready: 2 nodes, 16 GPUs" in out
