@@ -11,6 +11,9 @@
 #   make matrix [UPSTREAM=<name>...] [GEMMA4=0|1]   every patch x upstream versions: out/matrix/index.html
 #                                      (every group unless GEMMA4 is given; versions: patches/matrix.toml)
 #   make image [GEMMA4=1] [TAG=...] [NAME=VALUE...]   the GPU image (needs a Docker engine)
+#                                      (DEPS_IMAGE=<tag>: on a deps image, without the deps steps)
+#   make image-deps [GEMMA4=1] [SMOKE=1] [NAME=VALUE...]   the Dockerfile's deps stage alone, tagged
+#                                      by a hash of its settings, to push and reuse (DEPS_IMAGE)
 #   make image-smoke [GEMMA4=1]        offline smoke build of the same Dockerfile, checked inside
 #   make image-test IMAGE=... [TIER=static|gpu|rl] [GPUS=all|N|0,1]   the image's own tests, in it
 #                                      (SMOKE=1 [GEMMA4=1]: the smoke image); out/image-test/
@@ -21,7 +24,8 @@
 #   make k8s-manifests IMAGE=<tag> [VALUES=<file>] [SET='key=value ...']    the KubeRay RayJob,
 #                                      RayCluster and shared claim: out/cluster/k8s/
 #   make clean                         remove out/ and the tool's egg-info
-#   make distclean                     also the source cache, the smoke and Slurm test images and bases
+#   make distclean                     also the source cache, the smoke and Slurm test images, their
+#                                      bases and the smoke deps images
 #
 # Sources come from UPSTREAM_<NAME>_GIT (a local mirror) or the URLs in patches/pins.toml.
 
@@ -40,7 +44,7 @@ ifeq ($(filter 0 1,$(GEMMA4)),)
 $(error GEMMA4 must be 0 or 1, not '$(GEMMA4)': GEMMA4=1 adds the Gemma4 patch groups)
 endif
 
-.PHONY: help venv sources check lint test clean distclean workspace export rebase matrix image image-smoke image-test inspect push slurm-script k8s-manifests
+.PHONY: help venv sources check lint test clean distclean workspace export rebase matrix image image-deps image-smoke image-test inspect push slurm-script k8s-manifests
 
 # The targets and what they do: the comment block at the top of this file.
 help:
@@ -80,6 +84,9 @@ matrix: venv
 
 image: venv
 	$(TOOL) image $(SELECT) $(if $(TAG),--tag $(TAG)) $(BASE) $(BUILD_ARGS) $(ARGS)
+
+image-deps: venv
+	$(TOOL) image-deps $(SELECT) $(if $(filter 1,$(SMOKE)),--smoke) $(BASE) $(BUILD_ARGS) $(ARGS)
 
 image-smoke: venv
 	$(TOOL) image-smoke $(SELECT) $(BUILD_ARGS) $(ARGS)
@@ -122,6 +129,6 @@ distclean: clean
 	rm -rf $(foreach d,git locks rootfs sdist,'$(CACHE)/$(d)')
 	-rmdir '$(CACHE)' 2>/dev/null
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
-	  imgs=$$(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^gemma4-stack-(smoke|slurm-test)(-base)?:' || true); \
+	  imgs=$$(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E '^gemma4-stack-(smoke|slurm-test)(-base|-deps)?:' || true); \
 	  if [ -n "$$imgs" ]; then echo "docker rmi $$imgs"; docker rmi $$imgs; fi; \
 	else echo "no Docker engine answers: smoke images, if any, are left"; fi
