@@ -352,10 +352,13 @@ def test_the_refusal_names_each_unreachable_source_once(world, monkeypatch, no_d
     assert plan.trees["megatron"].needs == "megatron"
 
 
-def test_a_patch_read_from_an_unreachable_tree_names_that_tree(world, monkeypatch):
+def test_a_patch_read_from_an_unreachable_tree_names_that_tree(world, monkeypatch, capsys):
+    """Megatron-LM's patch is read from slime: slime is tried once (for its tree and the patch) and
+    named as the reason, not its error repeated."""
     _stack(world)
     monkeypatch.setenv("UPSTREAM_SLIME_GIT", str(world.tmp / "nowhere"))
     plan = image.make_plan(manifest.load(), gemma4=True, commit="x", allow_incomplete=True)
+    assert capsys.readouterr().err.count("slime: fetching") == 1
     assert list(plan.unreachable) == ["slime"]
     assert sorted(plan.missing) == ["megatron: slime:docker/megatron.patch (read from slime, unreachable)",
                                     "slime: the whole tree (its source is unreachable)"]
