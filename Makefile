@@ -11,6 +11,9 @@
 #   make matrix [UPSTREAM=<name>...] [GEMMA4=0|1]   every patch x upstream versions: out/matrix/index.html
 #                                      (every group unless GEMMA4 is given; versions: patches/matrix.toml)
 #   make image [GEMMA4=1] [TAG=...] [NAME=VALUE...]   the GPU image (needs a Docker engine)
+#                                      (DEPS_IMAGE=<tag>: on a deps image, without the deps steps)
+#   make image-deps [GEMMA4=1] [SMOKE=1] [NAME=VALUE...]   the Dockerfile's deps stage alone, tagged
+#                                      by a hash of its settings, to push and reuse (DEPS_IMAGE)
 #   make image-smoke [GEMMA4=1]        offline smoke build of the same Dockerfile, checked inside
 #   make image-test IMAGE=... [TIER=static|gpu|rl] [GPUS=all|N|0,1]   the image's own tests, in it
 #                                      (SMOKE=1 [GEMMA4=1]: the smoke image); out/image-test/
@@ -56,7 +59,7 @@ endif
 # `make distclean` removes only the Docker images this clone made: they carry this label value.
 CLONE_ID = $(shell $(PYTHON) build/patchstack/preflight.py clone-id)
 
-.PHONY: help preflight venv tool-venv sources check lint test clean distclean workspace export rebase matrix image image-smoke image-test inspect push slurm-script k8s-manifests
+.PHONY: help preflight venv tool-venv sources check lint test clean distclean workspace export rebase matrix image image-deps image-smoke image-test inspect push slurm-script k8s-manifests
 
 # The targets and what they do: the comment block at the top of this file.
 help:
@@ -108,6 +111,9 @@ matrix: tool-venv
 
 image: tool-venv
 	$(TOOL) image $(SELECT) $(if $(TAG),--tag '$(TAG)') $(BASE) $(BUILD_ARGS) $(ARGS)
+
+image-deps: tool-venv
+	$(TOOL) image-deps $(SELECT) $(if $(filter 1,$(SMOKE)),--smoke) $(BASE) $(BUILD_ARGS) $(ARGS)
 
 image-smoke: tool-venv
 	$(TOOL) image-smoke $(SELECT) $(BUILD_ARGS) $(ARGS)

@@ -54,6 +54,20 @@ def test_image_settings_reach_the_tool():
         assert part in line, (part, line)
 
 
+def test_image_deps_and_deps_image_reach_the_tool():
+    """`make image-deps` is one call of the tool with the same settings as `make image`; DEPS_IMAGE
+    and the mirror settings reach `make image` as build arguments."""
+    res = _make("image-deps", "GEMMA4=1", "SMOKE=1", "BASE_IMAGE=r.example/sglang:1", "FA3_GIT=https://g.example/fa.git")
+    assert res.returncode == 0, res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if "patchstack image-deps" in ln)
+    for part in ("--gemma4", "--smoke", "--base-image 'r.example/sglang:1'", "--build-arg 'FA3_GIT=https://g.example/fa.git'"):
+        assert part in line, (part, line)
+    res = _make("image", "DEPS_IMAGE=r.example/gemma4-stack-deps:0123", "PIP_INDEX_URL=https://p.example/simple")
+    line = next(ln for ln in res.stdout.splitlines() if "patchstack image" in ln)
+    assert "--build-arg 'DEPS_IMAGE=r.example/gemma4-stack-deps:0123'" in line
+    assert "--build-arg 'PIP_INDEX_URL=https://p.example/simple'" in line
+
+
 def test_help_lists_the_image_settings_with_their_defaults():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
@@ -62,7 +76,7 @@ def test_help_lists_the_image_settings_with_their_defaults():
     import re
 
     defaults = dict(re.findall(r"^ARG (\w+)=(.*)$", (REPO / "docker" / "Dockerfile").read_text(), re.M))
-    for name in ("TILELANG_VERSION", "BASE_IMAGE", "TE_VERSION"):
+    for name in ("TILELANG_VERSION", "BASE_IMAGE", "TE_VERSION", "FA3_GIT", "PIP_INDEX_URL", "DEPS_IMAGE"):
         assert f"  {name}={defaults[name]}" in out
     assert "  GEMMA4=" not in out and "  OFFLINE=" not in out
 

@@ -217,8 +217,45 @@ def cmd_image(m, args) -> int:
         print(json.dumps({"tag": plan.tag, "build_args": plan.build_args, "labels": plan.labels}, indent=2))
         return 0
     image.require_complete(m, plan)  # before any Docker step
+    image.require_downloads(plan)
+    image.check_deps_image(plan)  # with DEPS_IMAGE: its labels, before the context and the build
     ctx = image.prepare_context(m, plan, m.root / "out" / "image" / "context", offline=args.offline)
     image.build(plan, ctx, network="host")
+    return 0
+
+
+def cmd_image_deps(m, args) -> int:
+    from . import image
+
+    settings = _settings(args)
+    if "DEPS_IMAGE" in settings:
+        raise StackError("image-deps makes a deps image; DEPS_IMAGE names one for `make image` to build on: "
+                         "leave DEPS_IMAGE out here")
+    if args.allow_incomplete and not args.smoke:
+        raise StackError("--allow-incomplete is for the smoke deps image (--smoke): `make image` needs slime, so a "
+                         "deps image without slime's requirements could not be used by it")
+
+    def plan_on(base):
+        return image.make_plan(m, gemma4=args.gemma4, smoke=args.smoke, base_image=base, offline=args.offline,
+                               groups=_groups(m, args), allow_incomplete=args.allow_incomplete, settings=settings)
+
+    plan = plan_on("-" if args.smoke else args.base_image)
+    if args.smoke:
+        image.check_smoke_base_source(m, plan, offline=args.offline)
+    image.require_deps_sources(m, plan)  # before any Docker step
+    image.require_downloads(plan)
+    if args.smoke:
+        plan = plan_on(image.smoke_base(m))
+    print(f"deps image {plan.deps_tag} (base {plan.base_image}; the deps stage of docker/Dockerfile, "
+          f"{len(plan.deps_args)} build arguments)")
+    ctx = image.prepare_deps_context(m, plan, m.root / "out" / "image" / ("smoke-deps-context" if args.smoke
+                                                                          else "deps-context"))
+    image.build(plan, ctx, network="none" if args.smoke else "host", target="deps", tags=[plan.deps_tag],
+                labels=image.deps_image_labels(plan))
+    target, tag = ("image-smoke" if args.smoke else "image"), plan.deps_tag
+    print(f"deps image: {tag}")
+    print(f"build on it: make {target} DEPS_IMAGE={tag}, with the same settings; elsewhere: docker tag {tag} "
+          f"REGISTRY/{tag}, docker push REGISTRY/{tag}, then make {target} DEPS_IMAGE=REGISTRY/{tag}")
     return 0
 
 
@@ -226,22 +263,26 @@ def cmd_image_smoke(m, args) -> int:
     from . import image
 
     # Decided before the Debian base is made (minutes): the same plan, the base named later.
-    image.require_complete(m, image.make_plan(m, gemma4=args.gemma4, smoke=True, base_image="-",
-                                              offline=args.offline, groups=_groups(m, args),
-                                              allow_incomplete=args.allow_incomplete,
-                                              settings=_settings(args)))
+    first = image.make_plan(m, gemma4=args.gemma4, smoke=True, base_image="-", offline=args.offline,
+                            groups=_groups(m, args), allow_incomplete=args.allow_incomplete,
+                            settings=_settings(args))
+    image.check_smoke_base_source(m, first, offline=args.offline)
+    image.require_complete(m, first)
     base = image.smoke_base(m)
     plan = image.make_plan(m, gemma4=args.gemma4, smoke=True, base_image=base, offline=args.offline,
                            groups=_groups(m, args), allow_incomplete=args.allow_incomplete,
                            settings=_settings(args))
     print(image.describe(plan))
+    image.check_deps_image(plan)  # with DEPS_IMAGE (a smoke deps image: image-deps --smoke)
     ctx = image.prepare_context(m, plan, m.root / "out" / "image" / "smoke-context", offline=args.offline)
     image.build(plan, ctx, network="none")
     image.smoke_verify(plan)
-    left = [f"{n} ({tp.reason})" for n, tp in plan.trees.items() if not tp.included or tp.left_out]
+    left = [n if tp.needs == n else f"{n} (needs {tp.needs})" if tp.needs else f"{n} ({tp.reason})"
+            for n, tp in plan.trees.items() if not tp.included or tp.left_out]
     print("smoke image OK: " + plan.tag)
     if left:
-        print("NOT COVERED (sources unreachable): " + "; ".join(left))
+        print("NOT COVERED (sources unreachable): " + ", ".join(left) + "; "
+              + "; ".join(e.message for e in plan.unreachable.values()))
     return 0
 
 
@@ -376,6 +417,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", action="store_true", help="print the plan (tag, arguments, labels) and stop")
     _add_build_args(p)
     p.set_defaults(func=cmd_image)
+
+    p = sub.add_parser("image-deps", help="build the Dockerfile's deps stage alone, tagged by a hash of what "
+                       "makes it; `make image DEPS_IMAGE=<tag>` builds on it")
+    _add_selection(p)
+    p.add_argument("--base-image", help="override the Dockerfile's BASE_IMAGE")
+    p.add_argument("--smoke", action="store_true",
+                   help="the smoke build's deps stage (OFFLINE=1 on the Debian stand-in base), for image-smoke")
+    p.add_argument("--allow-incomplete", action="store_true",
+                   help="with --smoke: build even where slime is unreachable (its requirements left out)")
+    _add_build_args(p)
+    p.set_defaults(func=cmd_image_deps)
 
     p = sub.add_parser("image-smoke", help="offline smoke build on a Debian stand-in base, then checks inside")
     p.add_argument("--allow-incomplete", action="store_true",

@@ -3,8 +3,9 @@ build driven through the Docker SDK with streamed progress.
 
 The plan is made without Docker, so it can be tested: for each upstream, the entries of the
 selected groups that will be applied (with their sha256), or why a tree is left out; the build
-arguments; the OCI and stack labels; the tag, which encodes the three pins, the Gemma4 flag and a
-hash of the applied series.
+arguments, checked; the OCI and stack labels; the tag, which encodes the three pins, the Gemma4 flag
+and a hash of the applied series; and the deps stage's hash, which names a deps image
+(`image-deps`) and tells whether one given as DEPS_IMAGE fits this build.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import shutil
 import subprocess
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,7 @@ class TreePlan:
     left_out: list[str] = field(default_factory=list)  # entries not applied
     reason: str = ""  # why the tree or some entries are left out
     included: bool = True  # False: the tree itself is left out of the image
+    needs: str = ""  # the unreachable source that left something out (a key of Plan.unreachable)
 
 
 @dataclass
@@ -56,17 +59,38 @@ class Plan:
     build_args: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     allow_incomplete: bool = False
+    # Each source that could not be read, once, by name (an upstream); `blocking`: those no build can
+    # go without, even an incomplete one (the smoke base's SGLang).
+    unreachable: dict[str, SourceUnavailable] = field(default_factory=dict)
+    blocking: list[str] = field(default_factory=list)
+    slime_requirements: bytes = b""  # the deps stage's copy of slime's requirements.txt
+    deps_args: dict[str, str] = field(default_factory=dict)  # every ARG of the deps stage, as built
+    deps_hash: str = ""
 
     @property
     def missing(self) -> list[str]:
-        """What the image would lack, one line per tree: a tree left out, or entries not applied."""
+        """What the image would lack, one line per tree: a tree left out, or entries not applied; the
+        reason names the unreachable source (`unreachable` says why, once)."""
         out = []
         for tp in self.trees.values():
             if not tp.included:
-                out.append(f"{tp.upstream}: the whole tree ({tp.reason})")
+                why = "its source is unreachable" if tp.needs == tp.upstream else \
+                    f"needs {tp.needs}, unreachable" if tp.needs else tp.reason
+                out.append(f"{tp.upstream}: the whole tree ({why})")
             elif tp.left_out:
-                out.append(f"{tp.upstream}: {', '.join(tp.left_out)} ({tp.reason})")
+                why = f"read from {tp.needs}, unreachable" if tp.needs else tp.reason
+                out.append(f"{tp.upstream}: {', '.join(tp.left_out)} ({why})")
         return out
+
+    @property
+    def deps_image(self) -> str:
+        """What the stack stage is built on: `deps` (this build's own deps stage) or DEPS_IMAGE."""
+        return self.build_args.get("DEPS_IMAGE") or "deps"
+
+    @property
+    def deps_tag(self) -> str:
+        """The tag `image-deps` gives the deps stage of this plan: a hash of what goes into it."""
+        return f"{repository(self)}-deps:{self.deps_hash[:16]}"
 
 
 def repo_commit(root: Path) -> str:
@@ -89,18 +113,24 @@ def make_plan(manifest: Manifest, *, gemma4: bool, smoke: bool = False, base_ima
     `incomplete`. `settings`: values for the Dockerfile's ARGs a user may set (`user_args`),
     checked here."""
     settings = checked_settings(manifest.root, settings or {})
+    if base_image is not None and base_image != "-":  # "-": the smoke base, named later
+        check_value("BASE_IMAGE", base_image)
     groups = groups or manifest.select_groups(frozenset({"gemma4"}) if gemma4 else frozenset())
     gemma4 = gemma4 or "gemma4" in groups
+    # One reader for the trees and the external patches: each source is tried once, and a failure
+    # is kept and named once however many trees need that source.
     reader = check.PatchSource(manifest, offline)
+    unreachable: dict[str, SourceUnavailable] = {}
     trees: dict[str, TreePlan] = {}
     for name, up in manifest.upstreams.items():
         tp = TreePlan(name, up.version, up.commit, up.image_path)
         trees[name] = tp
         if name != PATCHED_IN_BUILD:
             try:
-                sources.git_source(up, offline=offline)
+                reader.upstream_source(name)
             except SourceUnavailable as e:
-                tp.included, tp.reason = False, e.message
+                tp.included, tp.reason, tp.needs = False, e.message, e.upstream
+                unreachable.setdefault(e.upstream, e)
         entries = series.load(manifest, name).selected(groups)
         for i, e in enumerate(entries):
             if not tp.included:
@@ -110,6 +140,8 @@ def make_plan(manifest: Manifest, *, gemma4: bool, smoke: bool = False, base_ima
                 data = reader.read(e)
             except SourceUnavailable as err:
                 tp.reason = tp.reason or err.message
+                tp.needs = tp.needs or err.upstream
+                unreachable.setdefault(err.upstream, err)
                 tp.left_out += [x.name for x in entries[i:]]
                 break
             tp.entries.append((e.group, e.name, hashlib.sha256(data).hexdigest()))
@@ -119,7 +151,11 @@ def make_plan(manifest: Manifest, *, gemma4: bool, smoke: bool = False, base_ima
             digest.update(f"{tp.upstream}\t{g}\t{n}\t{h}\n".encode())
     plan = Plan(gemma4, smoke, groups, base_image or default_base_image(manifest.root), trees,
                 commit or repo_commit(manifest.root), series_hash=digest.hexdigest(),
-                allow_incomplete=allow_incomplete)
+                allow_incomplete=allow_incomplete, unreachable=unreachable)
+    plan.slime_requirements = b"# slime's requirements.txt: slime was left out of this build\n"
+    if "slime" in trees and trees["slime"].included:
+        plan.slime_requirements = reader.upstream_source("slime").tree.read("requirements.txt") \
+            or plan.slime_requirements
     plan.tag = image_tag(plan)
     if user_tag:
         plan.extra_tags.append(user_tag if ":" in user_tag else f"{repository(plan)}:{user_tag}")
@@ -130,6 +166,7 @@ def make_plan(manifest: Manifest, *, gemma4: bool, smoke: bool = False, base_ima
         "ALLOW_SKIP": "1" if trees[PATCHED_IN_BUILD].left_out else "0",
         **settings,
     }
+    plan.deps_args, plan.deps_hash = deps_stage(manifest.root, plan.build_args, plan.slime_requirements)
     plan.labels = labels(plan)
     for name, value in sorted(settings.items()):
         plan.labels[f"{NS}.build-arg.{name}"] = value
@@ -143,8 +180,12 @@ TOOL_ARGS = ("BASE_IMAGE", "OFFLINE", "GEMMA4", "ALLOW_SKIP")
 
 def dockerfile_args(root: Path) -> dict[str, str]:
     """Every ARG of docker/Dockerfile with its default (the first one given), in file order."""
+    return dockerfile_args_of((root / "docker" / "Dockerfile").read_text())
+
+
+def dockerfile_args_of(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
-    for line in (root / "docker" / "Dockerfile").read_text().splitlines():
+    for line in text.splitlines():
         m = re.match(r"^ARG\s+([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?$", line.strip())
         if m and m.group(1) not in out:
             out[m.group(1)] = (m.group(2) or "").strip()
@@ -157,8 +198,9 @@ def user_args(root: Path) -> dict[str, str]:
 
 
 def checked_settings(root: Path, settings: dict[str, str]) -> dict[str, str]:
+    """The settings, each known to the Dockerfile and its value checked (before any Docker step)."""
     known = user_args(root)
-    for name in settings:
+    for name, value in settings.items():
         if name in TOOL_ARGS:
             how = "--base-image (make image BASE_IMAGE=...)" if name == "BASE_IMAGE" else \
                 "GEMMA4=0|1 and the series" if name in ("GEMMA4", "ALLOW_SKIP") else "the smoke build"
@@ -166,7 +208,291 @@ def checked_settings(root: Path, settings: dict[str, str]) -> dict[str, str]:
         if name not in known:
             raise StackError(f"docker/Dockerfile has no build argument {name!r}",
                              hint="the ones a user may set: " + ", ".join(known))
+        check_value(name, value, pin=known.get(name[:-len("_GIT")] + "_COMMIT", "") if name.endswith("_GIT") else "")
     return dict(settings)
+
+
+# ------------------------------------------------------------------ where the downloads come from
+
+# Every download of docker/Dockerfile, by the setting that says where it comes from, and what it
+# fetches (docs/image.md, "Air-gapped sites"; tests/test_image_mirrors.py holds the Dockerfile to it).
+DOWNLOADS = {
+    "BASE_IMAGE": "the base image",
+    "APT_MIRROR": "apt packages (nvtop, rsync, dnsutils)",
+    "PIP_INDEX_URL": "every pip install (flash-attn, Transformer Engine, fla, tilelang, modelopt, "
+                     "slime's requirements, Ray, cuDNN, numpy, and what they depend on)",
+    "PIP_EXTRA_INDEX_URL": "a second index for every pip install",
+    "PIP_TRUSTED_HOST": "an index host pip may reach over plain http",
+    "GITHUB_MIRROR": "git submodules the packages name (cutlass for FlashAttention-3 and apex, "
+                     "Megatron-LM for Megatron-Bridge), and the git URLs below left on https://github.com/",
+    "FA3_GIT": "FlashAttention-3 (git, checked out at FA3_COMMIT)",
+    "APEX_GIT": "apex (git, at APEX_COMMIT)",
+    "MBRIDGE_GIT": "mbridge (git, at MBRIDGE_COMMIT)",
+    "TMS_GIT": "torch_memory_saver (git, at TMS_COMMIT)",
+    "MEGATRON_BRIDGE_GIT": "Megatron-Bridge (git, at MEGATRON_BRIDGE_COMMIT)",
+    "SGLANG_ROUTER_WHEEL": "slime's sglang-router wheel (checked against SGLANG_ROUTER_SHA256)",
+}
+
+# How each value is checked: git (a repository URL), prefix (a URL, or empty), index (a package
+# index URL), extra-index (one, or empty), host (host[:port], or empty), apt (an archive URL, or
+# empty), wheel (a .whl URL), sha256 (64 hex, or empty), image (an image reference).
+KINDS = {
+    "BASE_IMAGE": "image", "DEPS_IMAGE": "image", "APT_MIRROR": "apt", "PIP_INDEX_URL": "index",
+    "PIP_EXTRA_INDEX_URL": "extra-index", "PIP_TRUSTED_HOST": "host", "GITHUB_MIRROR": "prefix",
+    "FA3_GIT": "git", "APEX_GIT": "git", "MBRIDGE_GIT": "git", "TMS_GIT": "git", "MEGATRON_BRIDGE_GIT": "git",
+    "SGLANG_ROUTER_WHEEL": "wheel", "SGLANG_ROUTER_SHA256": "sha256",
+}
+
+_URL = re.compile(r"^([a-z][a-z0-9+.-]*)://([^/?#@\s]+@)?[A-Za-z0-9.-]+(:[0-9]+)?(/\S*)?$")
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]+)?$")
+# An image reference as Docker reads one: [host[:port]/]path[:tag][@sha256:digest], lower case path.
+_IMAGE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?/)?"
+                    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+                    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
+# A path on this machine: the build runs in a container, which does not see it.
+_LOCAL = "a path on this machine, which the docker build does not see"
+_SERVE = "serve it over http(s) (the build uses this machine's network, so http://127.0.0.1:PORT/... works)"
+
+
+def check_value(name: str, value: str, pin: str = "") -> None:
+    """A one-line error for a setting's value that cannot work: what is wrong and what to give."""
+    kind = KINDS.get(name)
+
+    def bad(what: str, todo: str) -> StackError:
+        return StackError(f"{name}={value!r} {what}: {todo}")
+
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise bad("holds a control character (a newline?)", "give the value on one line")
+    if kind is None:
+        return
+    if any(c.isspace() for c in value):
+        raise bad("holds whitespace", "give one value, without spaces")
+    if value == "" and kind in ("prefix", "extra-index", "host", "apt", "sha256"):
+        return  # not used
+    local = value.startswith(("/", "./", "../", "~", "file:"))
+    scheme = m.group(1) if (m := _URL.match(value)) else None
+    if kind == "image":
+        if not _IMAGE.match(value):
+            raise bad("is not an image reference", "give [registry[:port]/]name[:tag][@sha256:<digest>], "
+                      "e.g. registry.example.org/slimerl/sglang:v0.5.9 (the name in lower case)")
+    elif kind in ("git", "prefix"):
+        what = f"a git repository holding {pin[:12]}" if pin else "the repositories under https://github.com/, same paths"
+        if local:
+            raise bad(f"is {_LOCAL}", f"{_SERVE.replace('serve it', 'serve the repository')}, or over ssh:// or git://")
+        if scheme not in ("https", "http", "ssh", "git"):
+            raise bad("is not a git URL", f"give an https://, http://, ssh:// or git:// URL of {what}")
+    elif kind == "sha256":
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise bad("is not a sha256", "give the 64 hex digits (lower case) `sha256sum` prints for the file")
+    elif kind == "host":
+        if not _HOST.match(value):
+            raise bad("is not a host name", "give host or host:port of the index (one host)")
+    else:  # index, extra-index, apt, wheel: fetched over http(s)
+        if value == "":
+            raise bad("is empty", "give the URL of a package index, e.g. https://pypi.org/simple")
+        if local:
+            raise bad(f"is {_LOCAL}", _SERVE)
+        if scheme not in ("https", "http"):
+            raise bad("is not an http(s) URL", "give an https:// or http:// URL")
+        if kind == "wheel" and not urllib.parse.urlsplit(value).path.endswith(".whl"):
+            raise bad("does not name a wheel", "give the URL of the .whl file itself (pip reads the name)")
+
+
+_PLACEHOLDER = {
+    "image": "<registry>/{value}", "git": "<URL of a mirror holding {pin}>",
+    "prefix": "<URL prefix of a GitHub mirror, same paths>", "index": "<URL of a PyPI mirror's simple index>",
+    "apt": "<URL of an Ubuntu archive mirror>", "wheel": "<URL of the same .whl on a mirror>",
+}
+# What an empty mirror setting means.
+_UNSET = {"APT_MIRROR": "the base image's apt sources", "GITHUB_MIRROR": "https://github.com/"}
+
+
+def build_downloads(root: Path, plan: Plan) -> list[str]:
+    """The downloads of the Docker build that still go to their public source, one line each with
+    the setting to give instead (not tried from here: the build makes them). Only the stack stage's
+    when the build is on DEPS_IMAGE; none for the smoke build, which downloads nothing."""
+    if plan.smoke:
+        return []
+    defaults = dockerfile_args(root)
+    stack_args = set(stage_args(root, "stack"))
+    out = []
+    for name, what in DOWNLOADS.items():
+        if plan.deps_image != "deps" and name not in stack_args:
+            continue  # made when the deps image was built
+        value = plan.build_args.get(name, defaults.get(name, ""))
+        kind = KINDS[name]
+        if value != defaults.get(name, "") or (value == "" and kind not in _PLACEHOLDER):
+            continue  # set here, or an optional setting left out
+        pin = defaults.get(name[:-len("_GIT")] + "_COMMIT", "")[:12] if name.endswith("_GIT") else ""
+        hint = _PLACEHOLDER[kind].format(value=value, pin=pin)
+        out.append(f"{what}: {value or _UNSET.get(name, '')}; set {name}={hint}")
+    if plan.deps_image == "deps" and not plan.build_args.get("SGLANG_ROUTER_SHA256"):
+        out.append("the sglang-router wheel's sha256 is not given, and the build refuses the wheel without it; "
+                   "set SGLANG_ROUTER_SHA256=<64 hex digits of sha256sum of the wheel>")
+    return out
+
+
+def require_downloads(plan: Plan) -> None:
+    """Stop before any Docker step when a download of the build could not be verified: the
+    sglang-router wheel needs its sha256 (the Dockerfile refuses it too, later)."""
+    if plan.smoke or plan.deps_image != "deps" or plan.build_args.get("SGLANG_ROUTER_SHA256"):
+        return
+    raise StackError("SGLANG_ROUTER_SHA256 is not set, and the sglang-router wheel is not installed unverified: "
+                     "download the wheel (SGLANG_ROUTER_WHEEL) once, then give SGLANG_ROUTER_SHA256=<the 64 hex "
+                     "digits sha256sum prints>")
+
+
+# ------------------------------------------------------------------ the deps stage and deps images
+
+_FROM = re.compile(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?\s*$", re.I)
+_ARG = re.compile(r"^ARG\s+([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def dockerfile_stages(text: str) -> list[tuple[str, int, int]]:
+    """(name, first line, end line) of each stage of a Dockerfile, from its FROM line; the part before
+    the first FROM (the global ARGs) is named ''."""
+    starts = [(i, (m.group(2) or m.group(1)).lower()) for i, line in enumerate(text.splitlines())
+              if (m := _FROM.match(line.strip()))]
+    n = len(text.splitlines())
+    out = [("", 0, starts[0][0] if starts else n)]
+    for k, (i, name) in enumerate(starts):
+        out.append((name, i, starts[k + 1][0] if k + 1 < len(starts) else n))
+    return out
+
+
+def _stage_lines(text: str, stage: str) -> list[str]:
+    lines = text.splitlines()
+    for name, a, b in dockerfile_stages(text):
+        if name == stage:
+            return lines[a:b]
+    raise StackError(f"docker/Dockerfile has no stage {stage!r}", hint="its stages are named by FROM ... AS <name>")
+
+
+def stage_args(root: Path, stage: str) -> list[str]:
+    """The ARGs a stage declares (its own, and the global ones it takes in), in order."""
+    text = (root / "docker" / "Dockerfile").read_text()
+    names = [m.group(1) for line in _stage_lines(text, stage) if (m := _ARG.match(line.strip()))]
+    return list(dict.fromkeys(names))
+
+
+def deps_stage(root: Path, build_args: dict[str, str], requirements: bytes) -> tuple[dict[str, str], str]:
+    """The value of every ARG of the deps stage for these build arguments, and a sha256 over what
+    makes the stage: its instructions (comments and blank lines aside), those values and slime's
+    requirements.txt, which it installs. Equal hashes, equal deps stages."""
+    text = (root / "docker" / "Dockerfile").read_text()
+    defaults = dockerfile_args(root)
+    values = {name: build_args.get(name, defaults.get(name, "")) for name in stage_args(root, "deps")}
+    body = "\n".join(line.rstrip() for line in _stage_lines(text, "deps")
+                     if line.strip() and not line.lstrip().startswith("#"))
+    blob = json.dumps({"stage": body, "args": values,
+                       "slime-requirements": hashlib.sha256(requirements).hexdigest()}, sort_keys=True)
+    return values, hashlib.sha256(blob.encode()).hexdigest()
+
+
+def deps_labels(plan: Plan) -> dict[str, str]:
+    """What a deps image is made from; on a deps image and on every image of this stack."""
+    out = {f"{NS}.deps.sha256": plan.deps_hash,
+           f"{NS}.deps.slime-requirements-sha256": hashlib.sha256(plan.slime_requirements).hexdigest()}
+    for name, value in plan.deps_args.items():
+        out[f"{NS}.deps.arg.{name}"] = value
+    return out
+
+
+def deps_image_labels(plan: Plan) -> dict[str, str]:
+    """The labels of the deps image `image-deps` makes."""
+    return {
+        "org.opencontainers.image.title": f"{NAME}-deps",
+        "org.opencontainers.image.description":
+            "the deps stage of gemma4-stack's image: the base image and the pinned dependencies of slime's recipe",
+        "org.opencontainers.image.revision": plan.repo_commit,
+        "org.opencontainers.image.version": plan.deps_tag.split(":", 1)[1],
+        "org.opencontainers.image.base.name": plan.base_image,
+        f"{NS}.smoke": "1" if plan.smoke else "0",
+        **deps_labels(plan),
+    }
+
+
+def deps_mismatch(plan: Plan, found: dict[str, str]) -> list[str]:
+    """Why an image's labels do not describe this plan's deps stage (empty: they do)."""
+    if found.get(f"{NS}.deps.sha256") == plan.deps_hash:
+        return []
+    why = [f"{name}={found.get(f'{NS}.deps.arg.{name}')!r} there, {value!r} here"
+           for name, value in plan.deps_args.items() if found.get(f"{NS}.deps.arg.{name}") != value]
+    why += [f"{key.rsplit('.', 1)[1]} is set there, not here" for key in sorted(found)
+            if key.startswith(f"{NS}.deps.arg.") and key.rsplit(".", 1)[1] not in plan.deps_args]
+    req = hashlib.sha256(plan.slime_requirements).hexdigest()
+    if found.get(f"{NS}.deps.slime-requirements-sha256") != req:
+        why.append("slime's requirements.txt differs")
+    return why or ["the Dockerfile's deps stage differs (its instructions changed since that image was made)"]
+
+
+def check_deps_image(plan: Plan, out=print) -> None:
+    """With DEPS_IMAGE given: the image is here (pulled if not) and was made from this build's deps
+    settings; its id goes into the labels. A mismatch stops here, before the build."""
+    ref = plan.deps_image
+    if ref == "deps":
+        return
+    c = client()
+    import docker
+
+    make = "make image-deps" + (" SMOKE=1" if plan.smoke else "")
+    try:
+        img = c.images.get(ref)
+    except docker.errors.ImageNotFound:
+        out(f"DEPS_IMAGE {ref}: not in this Docker engine, pulling ...")
+        try:
+            img = c.images.pull(ref)
+        except docker.errors.APIError as e:
+            raise StackError(f"DEPS_IMAGE {ref} is not in this Docker engine and cannot be pulled "
+                             f"({e.explanation or e}): docker login and pull it, or make one with `{make}`") from None
+    found = img.labels or {}
+    if f"{NS}.deps.sha256" not in found:
+        raise StackError(f"DEPS_IMAGE {ref} has no {NS}.deps.sha256 label, so it was not made by `{make}`: give "
+                         f"one that was (for these settings its tag is {plan.deps_tag})")
+    why = deps_mismatch(plan, found)
+    if why:
+        raise StackError(f"DEPS_IMAGE {ref} was not made from this build's deps settings ({'; '.join(why)}): "
+                         f"give the settings it was made with, or make one with `{make}` and these settings "
+                         f"(its tag would be {plan.deps_tag})")
+    plan.labels[f"{NS}.deps.image-id"] = img.id
+    out(f"DEPS_IMAGE {ref} ({img.id[:19]}): made from these deps settings ({plan.deps_hash[:16]}); "
+        "the deps stage is not built again")
+
+
+def stack_only_dockerfile(text: str) -> str:
+    """The Dockerfile without its deps stage, for a build on DEPS_IMAGE: Docker's classic builder
+    (which the SDK drives) builds every stage before the target, even one the target does not use."""
+    lines = text.splitlines(keepends=True)
+    for name, a, b in dockerfile_stages(text):
+        if name == "deps":
+            note = "# (the deps stage is not part of this build: the stack stage is built on DEPS_IMAGE)\n"
+            return "".join(lines[:a] + [note] + lines[b:])
+    raise StackError("docker/Dockerfile has no deps stage (FROM ... AS deps)")
+
+
+def describe_unreachable(manifest: Manifest, plan: Plan) -> list[str]:
+    """Each unreachable source once: why, and the variable that points at a mirror of it."""
+    out = []
+    for name, e in plan.unreachable.items():
+        up = manifest.upstream(name)
+        git_hint = f"{up.env_git}=<path or URL of a git repository holding {up.commit[:12]}>"
+        if name in plan.blocking and up.sdist is not None:
+            hint = f"{up.env_sdist}=<path or URL of {Path(up.sdist.url).name}> or {git_hint}"
+        else:
+            hint = git_hint
+        why = e.message if e.message.startswith(f"{name}: ") else f"{name}: {e.message}"
+        out.append(f"{why}; set {hint}")
+    return out
+
+
+def check_smoke_base_source(manifest: Manifest, plan: Plan, offline: bool = False) -> None:
+    """The smoke build's base holds SGLang's sources (its sdist, or git): when they cannot be read,
+    no smoke image can be made, complete or not; `require_complete` then says so with the rest."""
+    try:
+        sources.source(manifest.upstream(PATCHED_IN_BUILD), offline=offline, prefer_sdist=True)
+    except SourceUnavailable as e:
+        plan.unreachable[PATCHED_IN_BUILD] = e
+        plan.blocking.append(PATCHED_IN_BUILD)
 
 
 def default_base_image(root: Path) -> str:
@@ -195,7 +521,7 @@ def image_tag(plan: Plan) -> str:
 
 
 def labels(plan: Plan) -> dict[str, str]:
-    out = {
+    out: dict[str, str] = {
         "org.opencontainers.image.title": NAME,
         "org.opencontainers.image.description":
             "slime + Megatron-LM + SGLang for RL on Gemma4, every patch validated by patchstack",
@@ -207,6 +533,8 @@ def labels(plan: Plan) -> dict[str, str]:
         f"{NS}.series-sha256": plan.series_hash,
         f"{NS}.smoke": "1" if plan.smoke else "0",
         f"{NS}.complete": "0" if plan.missing else "1",
+        f"{NS}.deps.image": plan.deps_image,
+        **deps_labels(plan),
     }
     for name, tp in plan.trees.items():
         p = f"{NS}.{name}"
@@ -228,17 +556,28 @@ def labels(plan: Plan) -> dict[str, str]:
 
 def require_complete(manifest: Manifest, plan: Plan) -> None:
     """Stop before any Docker step when the image would lack a tree or a selected patch (unless the
-    plan allows an incomplete image), saying what is missing and how to provide it."""
+    plan allows an incomplete image), or when a source no build can go without is unreachable.
+    Says each unreachable source once with the variable that points at a mirror, what the image
+    would lack, and which downloads of the build itself still go to their public sources."""
+    if not plan.blocking and (not plan.missing or plan.allow_incomplete):
+        return
     if plan.missing and not plan.allow_incomplete:
-        text = "\n".join(plan.missing)
-        unreachable = [n for n in manifest.upstreams if f"{n}: cannot reach" in text] or [
-            n for n in manifest.upstreams if any(line.startswith(f"{n}:") for line in plan.missing)]
-        hints = [f"{manifest.upstream(n).env_git}=<path or URL of a git repository holding "
-                 f"{manifest.upstream(n).commit[:12]}>" for n in unreachable]
-        raise StackError(
-            "the image would be incomplete, so it is not built:\n  " + "\n  ".join(plan.missing),
-            hint="make the sources reachable (network, or a mirror: " + "; ".join(sorted(set(hints)))
-                 + "), then run again; `make check` says what each source needs")
+        head = "the image would be incomplete, so it is not built."
+    else:
+        head = "the smoke image cannot be built: its base needs SGLang's sources."
+    lines = [head, "unreachable (each source once, with the variable that points at a mirror of it):"]
+    lines += [f"  {line}" for line in describe_unreachable(manifest, plan)]
+    if plan.missing:
+        lines.append("what the image would lack:")
+        lines += [f"  {line}" for line in plan.missing]
+    downloads = build_downloads(manifest.root, plan)
+    if downloads:
+        lines.append("downloads of the docker build itself, still from their public sources (not tried from "
+                     "here; each needs the network there, or its setting):")
+        lines += [f"  {line}" for line in downloads]
+    raise StackError("\n  ".join(lines),
+                     hint="set the variables above (NAME=VALUE on make's command line, or in the environment), "
+                          "then run again; docs/image.md, \"Air-gapped sites\", lists every download")
 
 
 def describe(plan: Plan) -> str:
@@ -246,13 +585,16 @@ def describe(plan: Plan) -> str:
     set_here = {k: v for k, v in plan.build_args.items() if k not in TOOL_ARGS}
     if set_here:
         lines.append("  build arguments set: " + ", ".join(f"{k}={v}" for k, v in sorted(set_here.items())))
+    lines.append(f"  deps stage {plan.deps_hash[:16]}: " + (
+        "built here" if plan.deps_image == "deps" else f"from DEPS_IMAGE {plan.deps_image}"))
     for tp in plan.trees.values():
         what = ", ".join(n for _, n, _ in tp.entries) or "no patches"
         state = "LEFT OUT" if not tp.included else "patched" if tp.entries else "as pinned"
         lines.append(f"  {tp.upstream:<9} {tp.commit[:12]} -> {tp.image_path}: {state}; {what}")
         if tp.left_out:
             lines.append(f"            left out: {', '.join(tp.left_out)}")
-            lines.append(f"            why: {tp.reason}")
+            lines.append(f"            why: {tp.needs} is unreachable" if tp.needs else
+                         f"            why: {tp.reason}")
     return "\n".join(lines)
 
 
@@ -266,14 +608,16 @@ def prepare_context(manifest: Manifest, plan: Plan, dest: Path, *, offline: bool
     if dest.exists():
         shutil.rmtree(dest)
     (dest / "trees").mkdir(parents=True)
-    shutil.copyfile(manifest.root / "docker" / "Dockerfile", dest / "Dockerfile")
+    dockerfile = (manifest.root / "docker" / "Dockerfile").read_text()
+    if plan.deps_image != "deps":
+        dockerfile = stack_only_dockerfile(dockerfile)
+    (dest / "Dockerfile").write_text(dockerfile)
     stack = dest / "stack"
     # The tool that is running is the one that goes in: same code outside and inside the build.
     shutil.copytree(Path(__file__).resolve().parent, stack / "build" / "patchstack",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(manifest.patches_dir, stack / "patches")
     copy_suite(Path(__file__).resolve().parents[2], stack)  # the suite of the tool that runs
-    req = b"# slime's requirements.txt: slime was left out of this build\n"
     for name, tp in plan.trees.items():
         if name == PATCHED_IN_BUILD:
             continue
@@ -287,11 +631,33 @@ def prepare_context(manifest: Manifest, plan: Plan, dest: Path, *, offline: bool
         src = sources.git_source(manifest.upstream(name), offline=offline)
         shutil.copytree(_prepared_tree(manifest, plan, name, src, offline), tree, symlinks=True)
         out(f"context: {name}: ready in {time.monotonic() - t0:.1f} s")
-        if name == "slime":
-            req = src.tree.read("requirements.txt") or req
-    (dest / "slime-requirements.txt").write_bytes(req)
+    (dest / "slime-requirements.txt").write_bytes(plan.slime_requirements)
     (dest / "plan.json").write_text(json.dumps({"tag": plan.tag, "labels": plan.labels}, indent=2))
     return dest
+
+
+def prepare_deps_context(manifest: Manifest, plan: Plan, dest: Path, out=print) -> Path:
+    """The context of the deps stage alone: the Dockerfile and slime's requirements.txt."""
+    out(f"context: {dest}")
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    shutil.copyfile(manifest.root / "docker" / "Dockerfile", dest / "Dockerfile")
+    (dest / "slime-requirements.txt").write_bytes(plan.slime_requirements)
+    (dest / "plan.json").write_text(json.dumps({"tag": plan.deps_tag, "labels": deps_image_labels(plan)}, indent=2))
+    return dest
+
+
+def require_deps_sources(manifest: Manifest, plan: Plan) -> None:
+    """The deps stage installs slime's requirements.txt: slime's source must be readable, unless an
+    incomplete (smoke) deps image is asked for."""
+    need = [*plan.blocking, *(["slime"] if "slime" in plan.unreachable and not plan.allow_incomplete else [])]
+    if need:
+        only = Plan(plan.gemma4, plan.smoke, plan.groups, plan.base_image, {}, plan.repo_commit,
+                    unreachable={n: plan.unreachable[n] for n in need})
+        raise StackError("the deps image is not built (its stage installs slime's requirements.txt"
+                         + (", on a base holding SGLang's sources" if plan.blocking else "") + "): "
+                         + "; ".join(describe_unreachable(manifest, only)))
 
 
 # The image's own test suite (`make image-test`), and the files of the repository's tests it reuses
@@ -356,22 +722,27 @@ def client():
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
 
-def build(plan: Plan, context: Path, *, network: str = "host", nocache: bool = False, out=print
+def build(plan: Plan, context: Path, *, network: str = "host", nocache: bool = False, out=print,
+          target: str | None = None, tags: list[str] | None = None, labels: dict[str, str] | None = None
           ) -> tuple[str, dict]:
     """Build through the Docker SDK; print step i of N, cached or run, elapsed. Tag only on success.
+    `target`, `tags`, `labels`: a stage alone (the deps image), its tags and labels (default: the
+    plan's image).
 
     Returns the image id and the build's figures: steps, how many came from the cache, and the
-    instructions that ran (FROM counts as neither)."""
+    instructions that ran (FROM and the global ARGs before it count as neither)."""
+    tags = tags or [plan.tag, *plan.extra_tags]
+    labels = build_labels(plan, plan.labels if labels is None else labels)
     c = client()
     t0 = time.monotonic()
     stats: dict = {"steps": 0, "cached": 0, "run": 0, "ran": []}
     step_log: list[str] = []
-    current, current_cached = "", False
+    current, current_cached, staged = "", False, False
     image_id = None
     labels_seen: list[str] = []
 
     def end_step() -> None:
-        if current and not current.startswith(("FROM ", "ARG BASE_IMAGE")):
+        if current and staged and not current.startswith("FROM "):
             if current_cached:
                 stats["cached"] += 1
             else:
@@ -384,8 +755,8 @@ def build(plan: Plan, context: Path, *, network: str = "host", nocache: bool = F
             labels_seen.clear()
 
     stream = c.api.build(path=str(context), dockerfile="Dockerfile", buildargs=plan.build_args,
-                         labels=build_labels(plan), network_mode=network, rm=True, forcerm=True, decode=True,
-                         nocache=nocache)
+                         labels=labels, network_mode=network, rm=True, forcerm=True, decode=True,
+                         nocache=nocache, target=target)
     for chunk in stream:
         if "error" in chunk:
             flush_labels()
@@ -401,6 +772,7 @@ def build(plan: Plan, context: Path, *, network: str = "host", nocache: bool = F
             if m:
                 end_step()
                 current, current_cached, step_log = m.group(3), False, []
+                staged = staged or current.startswith("FROM ")
                 stats["steps"] = int(m.group(2))
                 head = f"[{m.group(1)}/{m.group(2)} +{time.monotonic() - t0:6.1f}s]"
                 if current.startswith("LABEL "):
@@ -420,12 +792,12 @@ def build(plan: Plan, context: Path, *, network: str = "host", nocache: bool = F
     flush_labels()
     if image_id is None:
         raise StackError("docker build ended without an image id", hint="see the output above")
-    for t in [plan.tag, *plan.extra_tags]:
+    for t in tags:
         repo, tag = t.rsplit(":", 1)
         c.images.get(image_id).tag(repo, tag)
     stats["seconds"] = round(time.monotonic() - t0, 1)
     out(f"built {image_id[:19]} in {stats['seconds']} s: {stats['steps']} steps, {stats['cached']} from cache, "
-        f"{stats['run']} run; tagged {', '.join([plan.tag, *plan.extra_tags])}")
+        f"{stats['run']} run; tagged {', '.join(tags)}")
     return image_id, stats
 
 
@@ -538,12 +910,12 @@ def debian_rootfs(out=print) -> Path:
     return rootfs_cache
 
 
-def build_labels(plan: Plan) -> dict[str, str]:
-    """The labels a build writes: the plan's, and on a smoke image the clone that made it (so that
-    `make distclean` removes this clone's smoke images and no other's)."""
+def build_labels(plan: Plan, labels: dict[str, str]) -> dict[str, str]:
+    """The labels a build writes: `labels`, and on a smoke build (its image, its deps image) the
+    clone that made it (so that `make distclean` removes this clone's and no other's)."""
     if not plan.smoke:
-        return dict(plan.labels)
-    return {**plan.labels, preflight.CLONE_LABEL: preflight.clone_id()}
+        return dict(labels)
+    return {**labels, preflight.CLONE_LABEL: preflight.clone_id()}
 
 
 def import_rootfs(rootfs: Path, tag: str) -> None:

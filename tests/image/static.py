@@ -42,7 +42,7 @@ class SuiteError(Exception):
 class Pin:
     component: str
     dist: str | None  # the installed distribution that carries it
-    kind: str  # version | commit | url | unrecorded | build-checked | label
+    kind: str  # version | commit | url | unrecorded | build-checked | label | source
     note: str = ""
 
 
@@ -69,6 +69,19 @@ PINS = {
                                 "checked by pip during the build when given (empty: not given)"),
     "GEMMA4": Pin("Gemma4 group", None, "label", "compared with the label io.github.gemma4-stack.gemma4"),
     "GEMMA4_PACKAGES": Pin("Gemma4 packages", None, "build-checked", "pip install of the listed requirements"),
+    # Where the pins above were downloaded from (docs/image.md, "Air-gapped sites"): nothing to compare
+    # with what is installed (each pin is checked by its version or commit); compared with the labels.
+    "PIP_INDEX_URL": Pin("pip index", None, "source"),
+    "PIP_EXTRA_INDEX_URL": Pin("pip index", None, "source"),
+    "PIP_TRUSTED_HOST": Pin("pip index", None, "source"),
+    "APT_MIRROR": Pin("apt packages", None, "source"),
+    "GITHUB_MIRROR": Pin("git submodules", None, "source"),
+    "FA3_GIT": Pin("FlashAttention-3", None, "source"),
+    "APEX_GIT": Pin("apex", None, "source"),
+    "MBRIDGE_GIT": Pin("mbridge", None, "source"),
+    "TMS_GIT": Pin("torch_memory_saver", None, "source"),
+    "MEGATRON_BRIDGE_GIT": Pin("Megatron-Bridge", None, "source"),
+    "DEPS_IMAGE": Pin("deps image", None, "source", "checked by the tool against the deps settings before the build"),
 }
 
 # (component, modules imported in one fresh interpreter, the pin it is built from, the tree it
@@ -174,7 +187,7 @@ def check_pin(img: Image, name: str, value: str) -> Result | None:
     label = f"pin {name}"
     if spec.kind in ("unrecorded", "build-checked"):
         return Result(TIER, label, spec.component, SKIP, f"not comparable in the image: {spec.note}", value)
-    if spec.kind == "label":
+    if spec.kind in ("label", "source"):
         return None  # compared in the label check, not here
     dist = find_dist(spec.dist, img.dist_path)
     if dist is None:
@@ -414,9 +427,11 @@ def check_labels(img: Image) -> Result:
     want(f"{NS}.gemma4", img.pins.get("GEMMA4", "0"), "pins.env GEMMA4")
     if "BASE_IMAGE" in img.pins:
         want("org.opencontainers.image.base.name", img.pins["BASE_IMAGE"], "pins.env BASE_IMAGE")
+    if "DEPS_IMAGE" in img.pins and f"{NS}.deps.image" in lab:
+        want(f"{NS}.deps.image", img.pins["DEPS_IMAGE"], "pins.env DEPS_IMAGE")
     for key, value in lab.items():
-        if key.startswith(f"{NS}.build-arg."):
-            name = key[len(f"{NS}.build-arg."):]
+        for prefix in (f"{NS}.build-arg.", f"{NS}.deps.arg."):  # the settings, and the deps stage's arguments
+            name = key[len(prefix):] if key.startswith(prefix) else None
             if name in img.pins:
                 want(key, img.pins[name], f"pins.env {name}")
     groups = [g for g in lab.get(f"{NS}.groups", "").split(",") if g]
@@ -480,8 +495,8 @@ def _run(img: Image, rep) -> None:
         rep.run(TIER, f"{name} tree at its pin", name, lambda n=name: check_tree_pin(img, n))
         rep.run(TIER, f"{name} series applied", name, lambda n=name: check_series(img, n))
     for name, value in img.pins.items():
-        if name in PINS and PINS[name].kind == "label":
-            continue  # BASE_IMAGE, OFFLINE, GEMMA4: compared with the labels below
+        if name in PINS and PINS[name].kind in ("label", "source"):
+            continue  # BASE_IMAGE, OFFLINE, GEMMA4, where downloads came from: compared with the labels below
         rep.run(TIER, f"pin {name}", PINS[name].component if name in PINS else name,
                 lambda n=name, v=value: check_pin(img, n, v))
     for r in check_fixed(img):
