@@ -709,7 +709,7 @@ def client():
     try:
         import docker  # the Docker SDK; only `make image` and the smoke build need it
     except ImportError:
-        raise StackError("the Docker SDK for Python is not installed", hint="make venv installs it") from None
+        raise StackError("the Docker SDK for Python is not installed", hint="make tool-venv installs it (every make target but test uses out/tool-venv)") from None
     try:
         c = docker.from_env(timeout=600)
         c.ping()
