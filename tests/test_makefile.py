@@ -271,3 +271,13 @@ def test_the_tool_environment_has_no_torch_and_make_check_and_lint_run_in_it(tmp
                          text=True, env=env)
     assert res.returncode != 0 and "INCOMPLETE (exit 3)" in res.stdout, res.stdout + res.stderr
     assert "Summary: 3 series" in res.stdout
+    # make image with no source reachable (empty home and cache, mirrors that do not exist): it stops
+    # before any Docker step and any install of the test stack, naming each unreachable source once
+    env.update(UPSTREAM_SLIME_GIT=str(tmp_path / "no-slime"), UPSTREAM_MEGATRON_GIT=str(tmp_path / "no-megatron"))
+    res = subprocess.run([shutil.which("make"), "-C", str(work), "image", "GEMMA4=1"], capture_output=True,
+                         text=True, env=env)
+    said = res.stdout + res.stderr
+    assert res.returncode != 0, said
+    for name, var in (("slime", "UPSTREAM_SLIME_GIT"), ("megatron", "UPSTREAM_MEGATRON_GIT")):
+        assert said.count(f"set {var}=") == 1, (var, said)
+    assert not (work / "out" / "venv").exists(), "make image installed the test stack"
