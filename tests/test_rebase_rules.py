@@ -254,6 +254,7 @@ def test_a_hunk_that_needs_a_conflicts_patch_side_says_so(tmp_path):
     rows, text, conflicted = _rebase(tmp_path, "m.py", old, patched, new)
     first, user = rows
     assert first["status"] == "conflict" and conflicted == ["m.py"], rows
+    assert first["verified"] == rebase.CONFLICT_UNVERIFIED and "compiles" in user["verified"]  # never "verified" on a conflict
     assert user["status"] != "conflict" and "`time`" in user["depends_on"], rows
 
 
@@ -261,3 +262,27 @@ def test_a_file_that_did_not_compile_before_is_reported_unverified(tmp_path):
     old = "first line of text\nsecond line\nthird line\n"
     rows, _, _ = _rebase(tmp_path, "m.py", old, old.replace("second line", "second changed line"), old)
     assert rows[0]["status"] == "clean" and rows[0]["verified"].startswith("not checked"), rows
+def test_a_hunk_whose_moved_code_cannot_be_found_once_is_never_lost(tmp_path, world):
+    """Like the lost hunk of the issue: moved-code detection finds the hunk's lines in another file
+    upstream changed, but after the patch's own changes there they are there twice, so the hunk
+    cannot be placed there. It must end marked or reported as not placeable, never nowhere."""
+    helper = "def scale_values(values, factor):\n    doubled = [v * factor for v in values]\n    total_sum = sum(doubled)\n    return total_sum\n"
+    old_a = "import os\n\n\n" + helper + "\n\ndef main():\n    return scale_values([1], 2)\n"
+    up = world.upstream("megatron", {"a.py": old_a, "b.py": "import sys\n"})
+    patched_a = old_a.replace("    total_sum = sum(doubled)\n", "    total_sum = sum(doubled) + 1\n")
+    patch = diff.parse("p.patch", up.diff({"a.py": patched_a, "b.py": "import sys\n\n\n" + helper + "\n\nimport re\n"}).encode())
+    new = up.commit({"a.py": "import os\n\nfrom b import scale_values\n\n\ndef main():\n    return scale_values([1], 2)\n",
+                     "b.py": "import sys\n\n\n" + helper + "\n\ndef tail():\n    return 0\n"}, "move the helper to b.py")
+    from patchstack.trees import GitTree
+
+    old_tree, new_tree = GitTree(up.path / ".git", up.pin), GitTree(up.path / ".git", new)
+    rows, changes, conflicted = rebase.rebase_patch(patch, Overlay(old_tree), Overlay(new_tree), {}, LABELS,
+                                                    (old_tree, new_tree))
+    row = rows[0]
+    assert row["status"] == "conflict" and row.get("not_placeable"), rows
+    assert row["file"] == "a.py" and "a.py.rej" in row["reason"] and "a.py.rej" in conflicted
+    assert b"+    total_sum = sum(doubled) + 1\n" in changes["a.py.rej"][1]
+    # the invariant, for every row: placed, marked in its file, or in a .rej
+    for r in rows:
+        if r["status"] == "conflict":
+            assert r.get("marked") or f"{r['file']}.rej" in changes, r

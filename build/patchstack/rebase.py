@@ -117,7 +117,8 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
                 changes[dest] = (mode, b"".join(block))  # type: ignore[index]
                 conflicted.append(dest)  # type: ignore[arg-type]
             rows += [{"file": dest, "old_start": h.old_start, "status": status,
-                      **({"reason": "upstream has a different file at this path"} if status == merge.CONFLICT else {})}
+                      **({"reason": "upstream has a different file at this path", "marked": True}
+                         if status == merge.CONFLICT else {})}
                      for h in fp.hunks] or [{"file": dest, "old_start": 0, "status": status}]
             continue
         if new_text is None:
@@ -184,7 +185,10 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
                 row["rule"] = pl.rule
             if pl.depends and pl.status != merge.CONFLICT:
                 row["depends_on"] = pl.depends
-            row["verified"] = verified
+            if pl.status == merge.CONFLICT and id(h) not in moved_away:
+                row["marked"] = True  # its markers are in `out`, written below
+            # what was verified is the placed code around it; a conflict itself is never "verified"
+            row["verified"] = verified if pl.status != merge.CONFLICT else CONFLICT_UNVERIFIED
             rows.append(row)
             if id(h) in moved_away:
                 follow.append((target, h, row, moved_away[id(h)]))
@@ -200,7 +204,51 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
     for src, h, row, there in follow:
         _follow(src, h, row, there, changes, new_tree, conflicted, labels)
     _pending(patch, rows, checker)
+    _account(patch, rows, changes, conflicted)
     return rows, changes, conflicted
+
+
+NOT_PLACEABLE = "not placeable: written to {rej}, nowhere else"
+CONFLICT_UNVERIFIED = "a conflict: nothing placed, nothing verified"
+
+
+def _account(patch: diff.Patch, rows: list[dict], changes: dict, conflicted: list[str]) -> None:
+    """Every hunk ends in exactly one of three states: written (placed or upstreamed), marked
+    (conflict markers for it in the file its row names, which is listed as conflicted), or not
+    placeable (its text in `<original file>.rej`, listed as conflicted, the row saying so). A
+    conflict neither marked nor in a .rej (a rule that gave up half-way) is made not placeable here,
+    so that no hunk is ever lost."""
+    i = 0
+    for fp in patch.files:
+        for h, row in zip(fp.hunks, rows[i:i + len(fp.hunks)]):
+            status, where = row["status"], row["file"]
+            if status != merge.CONFLICT or row.get("not_placeable"):
+                continue  # written by the placement itself (or upstream has it)
+            body = changes.get(where)
+            marked = row.get("marked") and where in conflicted and body is not None and \
+                any(line.startswith(b"<<<<<<< ") for line in diff.split_lines(body[1]))
+            if marked or (f"{where}.rej" in conflicted and f"{where}.rej" in changes):
+                continue
+            _not_placeable(fp, h, row, changes, conflicted)
+        i += len(fp.hunks) or 1
+
+
+def _not_placeable(fp: diff.FilePatch, h: diff.Hunk, row: dict, changes: dict, conflicted: list[str]) -> None:
+    """Write the hunk to its original file's .rej (beside any other there), and say so in its row."""
+    src = fp.old_path or fp.new_path
+    rej = f"{src}.rej"
+    text = (changes[rej][1] if changes.get(rej) else f"--- a/{fp.old_path}\n+++ b/{fp.new_path}\n".encode())
+    text += h.header.encode() + b"\n" + b"".join(
+        k.encode() + t + (b"" if t.endswith(b"\n") else b"\n\\ No newline at end of file\n") for k, t in h.lines)
+    changes[rej] = (REGULAR, text)
+    if rej not in conflicted:
+        conflicted.append(rej)
+    why = row.get("reason", "")
+    row.update(status=merge.CONFLICT, file=src, not_placeable=True,
+               reason=(why + "; " if why else "") + NOT_PLACEABLE.format(rej=rej))
+    row.pop("at", None)
+    row.pop("rule", None)
+    row["verified"] = CONFLICT_UNVERIFIED
 
 
 def _pending(patch: diff.Patch, rows: list[dict], checker: Checker) -> None:
@@ -314,6 +362,7 @@ def _follow(src: str, h: diff.Hunk, row: dict, there: str, changes, new_tree, co
     if at is None:
         row["reason"] = f"{row.get('reason', '')}; its lines were in {there}, but not once any more after the " \
                         "patch's own changes there"
+        row["file"] = src  # not placed in `there`: _account writes it to src's .rej
         return
     result = lines[:at] + repl + lines[at + len(block):]
     before = new_tree.read(there) or b""
@@ -322,6 +371,8 @@ def _follow(src: str, h: diff.Hunk, row: dict, there: str, changes, new_tree, co
     if found:
         result = lines[:at] + merge.markers(lines[at:at + len(block)], h.before, h.after, **labels) + \
             lines[at + len(block):]
+        row["marked"] = True
+        row["verified"] = CONFLICT_UNVERIFIED
         row["reason"] = (f"upstream moved its lines to {there}; placed there, the file "
                          + "; ".join(dict.fromkeys(p.message for p in found)))
         if there not in conflicted:
