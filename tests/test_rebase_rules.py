@@ -286,3 +286,139 @@ def test_a_hunk_whose_moved_code_cannot_be_found_once_is_never_lost(tmp_path, wo
     for r in rows:
         if r["status"] == "conflict":
             assert r.get("marked") or f"{r['file']}.rej" in changes, r
+
+
+# ------------------------------------------------------------------ structural checks (new findings only)
+
+
+def _found(result: str, old_patched: str, old_upstream: str, new_upstream: str, **kw) -> list[str]:
+    probs, _ = verify.problems(*(textwrap.dedent(x).encode() for x in (result, old_patched, old_upstream, new_upstream)),
+                               **kw)
+    return [p.message for p in probs]
+
+
+def test_a_merge_that_moves_a_construction_below_its_use_is_caught():
+    # Like the list constructions moved below upstream's new use of them: UnboundLocalError when the
+    # feature is on. A name assigned later in the function counts as local, so "defined" is no help.
+    old_up = "def f(cfg):\n    out = []\n    return out\n"
+    patched = "def f(cfg):\n    extra = [cfg]\n    out = []\n    return out + extra\n"
+    new_up = "def f(cfg):\n    out = []\n    log(out)\n    return out\n"
+    wrong = "def f(cfg):\n    out = []\n    log(out + extra)\n    extra = [cfg]\n    return out + extra\n"
+    assert any("reads `extra` before f assigns it" in m for m in _found(wrong, patched, old_up, new_up))
+    right = "def f(cfg):\n    extra = [cfg]\n    out = []\n    log(out + extra)\n    return out + extra\n"
+    assert _found(right, patched, old_up, new_up) == []
+    in_loop = "def f(cfg):\n    for i in cfg:\n        if i:\n            use(last)\n        last = i\n    return out\n"
+    assert not any("before" in m for m in _found(in_loop, patched, old_up, new_up))  # a loop carries it round
+    # the same early read already in upstream's new file is not the rebase's doing
+    assert _found(wrong, patched, old_up, wrong.replace("log(out + extra)", "log(out + extra)  # upstream")) == []
+
+
+def test_a_call_of_an_async_def_left_without_await_is_caught():
+    # Like the word-level merge that dropped an `await`: the patch removed `await` from a call; upstream
+    # replaced the call with one to an `async def`. The coroutine is made and never run.
+    old_up = "class S:\n    async def handle(self, r):\n        await self.send(r)\n\n    async def send(self, r):\n        return r\n"
+    patched = old_up.replace("        await self.send(r)\n", "        self.send_now(r)\n") + \
+        "\n    def send_now(self, r):\n        return r\n"
+    new_up = "class S:\n    async def handle(self, r):\n        await self.dispatch(r)\n\n    async def dispatch(self, r):\n        return r\n"
+    wrong = new_up.replace("        await self.dispatch(r)\n", "        self.dispatch(r)\n")
+    assert any("calls `dispatch`, an async def, without awaiting it" in m for m in _found(wrong, patched, old_up, new_up))
+    assert _found(new_up, patched, old_up, new_up) == []
+    scheduled = new_up.replace("        await self.dispatch(r)\n", "        task = asyncio.create_task(self.dispatch(r))\n")
+    assert not any("async def" in m for m in _found(scheduled, patched, old_up, new_up))
+
+
+def test_a_definition_doubled_in_a_class_or_module_is_caught():
+    # Like methods re-added with an old signature after upstream's own newer ones.
+    old_up = "class M:\n    def forward(self, x):\n        return x\n"
+    patched = old_up + "\n    def load(self, w):\n        return w\n"
+    new_up = "class M:\n    def forward(self, x, y=None):\n        return x\n\n    def load(self, w, strict=True):\n        return w\n"
+    wrong = new_up + "\n    def load(self, w):\n        return w\n"
+    found = _found(wrong, patched, old_up, new_up)
+    assert any("defines `load` a second time in M (first at line 5)" in m for m in found), found
+    prop = "class M:\n    @property\n    def x(self):\n        return 1\n\n    @x.setter\n    def x(self, v):\n        pass\n"
+    assert _found(prop, prop, prop, "class M:\n    pass\n") == []  # a property and its setter
+
+
+def test_a_model_registered_twice_is_caught_in_the_file_and_across_the_tree():
+    old_up = "class A:\n    pass\n\n\nEntryClass = [A]\n"
+    patched = old_up.replace("EntryClass = [A]", "class G:\n    pass\n\n\nEntryClass = [A, G]")
+    twice = patched.replace("EntryClass = [A, G]", "EntryClass = [A, G, G]")
+    assert any("registers `G` twice in EntryClass" in m for m in _found(twice, patched, old_up, old_up))
+    elsewhere = lambda names: {n: "models/g_upstream.py" for n in names if n == "G"}  # noqa: E731
+    found = _found(patched, patched, old_up, old_up, registered_elsewhere=elsewhere)
+    assert any("registers `G`, which upstream's new tree already registers in models/g_upstream.py" in m for m in found)
+    assert _found(patched, patched, old_up, old_up, registered_elsewhere=lambda names: {}) == []
+
+
+def test_a_chained_attribute_upstream_removed_is_caught():
+    # Like `self.x.y` that upstream removed: the object is still there, the attribute is not.
+    old_up = "class R:\n    def __init__(self):\n        self.buffers = make()\n\n    def run(self):\n        return self.buffers.topk_p\n"
+    patched = old_up.replace("        return self.buffers.topk_p\n", "        p = self.buffers.topk_p\n        return p * 2\n")
+    new_up = old_up.replace("self.buffers.topk_p", "self.buffers.probs")
+    wrong = new_up.replace("        return self.buffers.probs\n", "        p = self.buffers.topk_p\n        return p * 2\n")
+    assert any("uses `self.buffers.topk_p`, which upstream's new file no longer has" in m
+               for m in _found(wrong, patched, old_up, new_up))
+    right = new_up.replace("        return self.buffers.probs\n", "        p = self.buffers.probs\n        return p * 2\n")
+    assert _found(right, patched, old_up, new_up) == []
+
+
+def test_a_new_model_file_whose_class_upstream_now_ships_is_a_conflict(tmp_path, world):
+    # Like the model class registered twice: the patch adds models/g.py registering Gemma; upstream's
+    # new tree ships its own file registering the same class. SGLang's registry would assert at import.
+    up = world.upstream("sglang", {"models/a.py": "class A:\n    pass\n\n\nEntryClass = A\n"})
+    ours = "class Gemma:\n    pass\n\n\nEntryClass = Gemma\n"
+    patch = diff.parse("p.patch", up.diff({"models/g.py": ours}).encode())
+    new = up.commit({"models/gemma_upstream.py": "class Gemma:\n    x = 1\n\n\nEntryClass = [Gemma]\n"}, "upstream ships Gemma")
+    from patchstack.trees import GitTree
+
+    old_tree, new_tree = GitTree(up.path / ".git", up.pin), GitTree(up.path / ".git", new)
+    rows, changes, conflicted = rebase.rebase_patch(patch, Overlay(old_tree), Overlay(new_tree), {}, LABELS,
+                                                    (old_tree, new_tree))
+    assert rows[0]["status"] == "conflict" and conflicted == ["models/g.py"], rows
+    assert "models/gemma_upstream.py" in rows[0]["reason"] and "`Gemma`" in rows[0]["reason"]
+    assert b"<<<<<<< " in changes["models/g.py"][1] and rows[0]["verified"] == rebase.CONFLICT_UNVERIFIED
+    # control: without upstream's file the new file is added as it is
+    rows, changes, conflicted = rebase.rebase_patch(patch, Overlay(old_tree), Overlay(old_tree), {}, LABELS,
+                                                    (old_tree, old_tree))
+    assert rows[0]["status"] == "clean" and not conflicted
+
+
+def test_an_import_of_a_name_only_a_conflict_defines_says_so(tmp_path):
+    # The import line binds the name in its own file, but the module it imports from has it only in
+    # a hunk left in conflict: right only if that conflict keeps it.
+    old_def = "def make():\n    return 1\n\n\ndef other():\n    return 2\n"
+    old_use = "import os\n\n\ndef run():\n    return os.sep\n"
+    patch_text = file_patch(tmp_path / "a", "defs.py", old_def, old_def.replace("def other():\n", "def timing_helper():\n    return 0\n\n\ndef other():\n"))
+    patch_text += file_patch(tmp_path / "b", "use.py", old_use, old_use.replace("import os\n", "import os\nfrom defs import timing_helper\n"))
+    new_def = old_def.replace("def make():\n    return 1\n", "def make(x):\n    return x\n").replace(
+        "def other():\n    return 2\n", "def other_renamed():\n    return 3\n")
+    patch = diff.parse("p.patch", patch_text.encode())
+    rows, _, conflicted = rebase.rebase_patch(patch, _tree({"defs.py": old_def, "use.py": old_use}),
+                                              _tree({"defs.py": new_def, "use.py": old_use}), {}, LABELS)
+    by_file = {r["file"]: r for r in rows}
+    assert by_file["defs.py"]["status"] == "conflict" and by_file["use.py"]["status"] != "conflict", rows
+    assert "timing_helper" in by_file["use.py"].get("depends_on", ""), rows
+
+
+def test_overlapping_regions_become_one_well_formed_conflict():
+    """A hunk placed where a conflict's region (grown to whole statements) also reaches, or two
+    conflicts that overlap: written one over the other, the second block cut into the first (a
+    block without `<<<<<<<`). They become one conflict with one set of markers."""
+    old = [f"line {i}\n".encode() for i in range(12)]
+    new = list(old)
+    h1 = diff.Hunk(1, 4, 2, 4, 2, "", [(" ", old[3]), ("-", old[4]), ("+", b"four\n")], 1)
+    h2 = diff.Hunk(2, 7, 2, 7, 2, "", [(" ", old[6]), ("-", old[7]), ("+", b"seven\n")], 5)
+    placed = merge.Placement(merge.CLEAN, 3, 6, [old[3], b"four\n", old[5]])
+    conflict = merge.Placement(merge.CONFLICT, 5, 8, [], reason="upstream changed it")
+    placements = [(h1, placed), (h2, conflict)]
+    out = rebase._write(placements, {}, {id(h1): 3, id(h2): 6}, old, new, LABELS)
+    assert merge.malformed_markers(out) is None
+    text = b"".join(out).decode()
+    assert text.count("<<<<<<< ") == 1 and text.count(">>>>>>> ") == 1
+    ours = _sides(text)[0][2]
+    assert "four\n" in ours and "seven\n" in ours  # both hunks' changes on the patch's side
+    assert placed.status == merge.CONFLICT and "overlaps a conflict" in placed.reason
+    # the validator itself: a second block without its opening marker is caught
+    bad = merge.markers([b"a\n"], [b"b\n"], [b"c\n"], **LABELS) + [b"x\n", b"=======\n", b">>>>>>> p\n"]
+    assert "is not open" in merge.malformed_markers(bad)
+    assert merge.malformed_markers([b"=======\n", b"docstring underline\n"]) is None

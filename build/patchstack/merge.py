@@ -600,6 +600,22 @@ def _conflict(h: Hunk, new: list[bytes], m: list[int | None], p: int, reason: st
     return Placement(CONFLICT, start, end, [], reason or "upstream changed the lines the hunk changes")
 
 
+def malformed_markers(lines: list[bytes]) -> str | None:
+    """None when every conflict block is whole (<<<<<<<, |||||||, =======, >>>>>>> in that order,
+    none nested, none left open); else where it breaks."""
+    want = 0  # 0: outside; 1: after <<<<<<<; 2: after |||||||; 3: after =======
+    seq = [b"<<<<<<< ", b"||||||| ", b"=======", b">>>>>>> "]
+    for i, line in enumerate(lines, 1):
+        kind = next((k for k, m in enumerate(seq) if line.startswith(m) and (k != 2 or line.rstrip(b"\r\n") == m)), None)
+        if kind is None or (want == 0 and kind in (1, 2)):
+            continue  # outside a block only <<<<<<< and >>>>>>> are ours (`=======` underlines a docstring)
+        if kind != want:
+            return f"line {i}: `{line[:20].decode('utf-8', 'replace').strip()}` where a block " + \
+                ("is not open" if want == 0 else f"expects `{seq[want].decode().strip()}`")
+        want = (want + 1) % 4
+    return None if want == 0 else "a conflict block is left open at the end of the file"
+
+
 def markers(theirs: list[bytes], before: list[bytes], after: list[bytes], *, new_label: str, old_label: str,
             patch_label: str) -> list[bytes]:
     """diff3-style conflict markers: upstream's new lines, what the patch expected, what it wanted."""

@@ -106,18 +106,21 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
 
         if fp.is_new:
             _, wanted = engine.apply_hunks(fp, b"")
-            if new_text is None:
+            reason = "upstream has a different file at this path"
+            clash = _registered_elsewhere(dest, wanted, checker) if new_text is None else None  # type: ignore[arg-type]
+            if new_text is None and not clash:
                 status = merge.CLEAN
                 changes[dest] = (fp.new_mode or REGULAR, wanted)  # type: ignore[index]
             elif new_text == wanted:
                 status = merge.UPSTREAMED
             else:
                 status = merge.CONFLICT
-                block = merge.markers(diff.split_lines(new_text), [], diff.split_lines(wanted), **labels)
+                reason = clash or reason
+                block = merge.markers(diff.split_lines(new_text or b""), [], diff.split_lines(wanted), **labels)
                 changes[dest] = (mode, b"".join(block))  # type: ignore[index]
                 conflicted.append(dest)  # type: ignore[arg-type]
             rows += [{"file": dest, "old_start": h.old_start, "status": status,
-                      **({"reason": "upstream has a different file at this path", "marked": True}
+                      **({"reason": reason, "marked": True, "verified": CONFLICT_UNVERIFIED}
                          if status == merge.CONFLICT else {})}
                      for h in fp.hunks] or [{"file": dest, "old_start": 0, "status": status}]
             continue
@@ -166,17 +169,8 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
                 there = finder.find(h, exclude=target, here=new_lines)
                 if there:
                     moved_away[id(h)] = there
-        out = list(new_lines)
-        any_conflict = False
-        for h, pl in sorted(placements, key=lambda x: (x[1].start, x[1].end), reverse=True):
-            if pl.status == merge.UPSTREAMED or id(h) in moved_away:
-                continue
-            if pl.status == merge.CONFLICT:
-                any_conflict = True
-                theirs, base, mine = _whole_statements(h, pl, placements, old_at, old_lines, new_lines)
-                out[pl.start:pl.end] = merge.markers(theirs, base, mine, **labels)
-            else:
-                out[pl.start:pl.end] = pl.lines
+        out = _write(placements, moved_away, old_at, old_lines, new_lines, labels)
+        any_conflict = any(pl.status == merge.CONFLICT and id(h) not in moved_away for h, pl in placements)
         for h, pl in placements:
             row = {"file": target, "old_start": h.old_start, "status": pl.status, "at": pl.start + 1, **renamed_note}
             if pl.reason:
@@ -251,6 +245,73 @@ def _not_placeable(fp: diff.FilePatch, h: diff.Hunk, row: dict, changes: dict, c
     row["verified"] = CONFLICT_UNVERIFIED
 
 
+def _write(placements: list, moved_away: dict, old_at: dict, old_lines: list[bytes], new_lines: list[bytes],
+           labels: dict[str, str]) -> list[bytes]:
+    """Upstream's new file with every placement written: placed lines, and conflict markers grown to
+    whole statements. Regions that overlap a conflict's (two conflicts, or a placed hunk and a
+    conflict) become one conflict with one set of markers, so that no marker block cuts into
+    another; the result's markers are checked to be well formed."""
+    sides: dict[int, tuple[list[bytes], list[bytes], list[bytes]]] = {}
+    live = [(h, pl) for h, pl in placements if pl.status != merge.UPSTREAMED and id(h) not in moved_away]
+    for h, pl in sorted(live, key=lambda x: (x[1].start, x[1].end), reverse=True):
+        if pl.status == merge.CONFLICT:
+            sides[id(h)] = _whole_statements(h, pl, placements, old_at, old_lines, new_lines)
+    clusters: list[list] = []
+    for h, pl in sorted(live, key=lambda x: (x[1].start, x[1].end)):
+        if clusters:
+            last = clusters[-1]
+            end = max(max(q.end, q.start + 1) if q.status == merge.CONFLICT else q.end for _, q in last)
+            touches_conflict = pl.status == merge.CONFLICT or any(q.status == merge.CONFLICT for _, q in last)
+            if touches_conflict and pl.start < end:
+                last.append((h, pl))
+                continue
+        clusters.append([(h, pl)])
+    out = list(new_lines)
+    for cluster in reversed(clusters):
+        if len(cluster) == 1:
+            h, pl = cluster[0]
+            out[pl.start:pl.end] = merge.markers(*sides[id(h)], **labels) if pl.status == merge.CONFLICT else pl.lines
+            continue
+        # One conflict for the whole cluster: upstream's lines over the union, the patch's old side
+        # over the union of the hunks' old spans, and that span with every hunk's change made.
+        start, end = min(pl.start for _, pl in cluster), max(pl.end for _, pl in cluster)
+        hunks = sorted((h for h, _ in cluster), key=lambda h: old_at[id(h)])
+        a = min(old_at[id(h)] for h in hunks)
+        b = max(old_at[id(h)] + len(h.before) for h in hunks)
+        mine, p = [], a
+        for h in hunks:
+            q = old_at[id(h)]
+            mine += old_lines[p:q] + h.after
+            p = q + len(h.before)
+        mine += old_lines[p:b]
+        for h, pl in cluster:
+            if pl.status != merge.CONFLICT:
+                pl.status, pl.reason = merge.CONFLICT, f"placed as {pl.status}, but its place overlaps a conflict's"
+            pl.start, pl.end = start, end
+        out[start:end] = merge.markers(new_lines[start:end], old_lines[a:b], mine, **labels)
+    bad = merge.malformed_markers(out)
+    if bad:
+        raise StackError(f"internal error: the conflict markers written would be malformed ({bad}); nothing written",
+                         hint="report it with out/rebase-report.json; resolve this upgrade by hand meanwhile")
+    return out
+
+
+def _registered_elsewhere(path: str, text: bytes, checker: Checker) -> str | None:
+    """Why a file the patch creates cannot be added as it is: it registers a model class another file
+    of upstream's new tree registers already (upstream now ships the class; the registry rejects a
+    name twice)."""
+    if not path.endswith(".py"):
+        return None
+    check = checker.registered_elsewhere(path)
+    mine = verify.facts(text, path).registered if check is not None else {}
+    clash = check(set(mine)) if mine else {}
+    if not clash:
+        return None
+    return "the new file registers " + "; ".join(f"`{n}`, which upstream's new tree registers in {w}"
+                                                  for n, w in sorted(clash.items())) + \
+        ": upstream now ships it (the model registry rejects a name twice); keep one"
+
+
 def _pending(patch: diff.Patch, rows: list[dict], checker: Checker) -> None:
     """Mark placed hunks that use a name only a hunk left in conflict defines (in any file of the
     patch, and nowhere in upstream's new tree): they are right only if that conflict is resolved
@@ -265,7 +326,8 @@ def _pending(patch: diff.Patch, rows: list[dict], checker: Checker) -> None:
     placed = [(h, r) for h, r in pairs if r["status"] not in (merge.CONFLICT, merge.UPSTREAMED)]
     added = lambda h: [t for k, t in h.lines if k == "+"]  # noqa: E731
     only = verify.bound_words([t for h, _ in conflicts for t in added(h)])
-    only -= verify.bound_words([t for h, _ in placed for t in added(h)], attributes=False)
+    # an import of such a name binds it only if the conflict keeps it in its module: not counted
+    only -= verify.bound_words([t for h, _ in placed for t in added(h)], attributes=False, imports=False)
     only -= checker.in_new_tree(only)
     if not only:
         return
@@ -428,9 +490,26 @@ def tree_words(git_dir: Path, commit: str) -> frozenset[str]:
     return frozenset(out.decode("utf-8", "replace").split())
 
 
+@functools.lru_cache(maxsize=4)
+def tree_registry(git_dir: Path, commit: str) -> dict[str, tuple[str, ...]]:
+    """Model class name -> the Python files of a commit whose `EntryClass` names it."""
+    out = git("grep", "-l", "-E", "^EntryClass\\b", commit, "--", "*.py", git_dir=git_dir, check=False).stdout
+    found: dict[str, list[str]] = {}
+    tree = GitTree(git_dir, commit)
+    for line in out.decode("utf-8", "replace").splitlines():
+        path = line.split(":", 1)[1] if line.startswith(commit + ":") else line
+        data = tree.read(path)
+        if data is None:
+            continue
+        for name in verify.facts(data, path).registered:
+            found.setdefault(name, []).append(path)
+    return {k: tuple(v) for k, v in found.items()}
+
+
 class Checker:
     """Which attribute names upstream's whole tree lost: named in the old upstream tree, in no file
-    of the new one, and defined by no line the series adds (`git grep` in both trees, memoised)."""
+    of the new one, and defined by no line the series adds (`git grep` in both trees, memoised);
+    which model classes the new tree registers, and where."""
 
     def __init__(self, upstreams: tuple[GitTree, GitTree] | None, patch: diff.Patch):
         self.trees = upstreams
@@ -445,6 +524,14 @@ class Checker:
     def in_new_tree(self, words: set[str]) -> set[str]:
         """Those of `words` that some Python file of upstream's new tree has (none without trees)."""
         return set() if self.trees is None else self._present(1, words)
+
+    def registered_elsewhere(self, path: str):
+        """For verify.problems: names -> the other file of the new tree that registers each."""
+        if self.trees is None:
+            return None
+        registry = tree_registry(self.trees[1].git_dir, self.trees[1].commit)
+        return lambda names: {n: ", ".join(p for p in registry[n] if p != path) for n in names
+                              if any(p != path for p in registry.get(n, ()))}
 
     def removed(self, words: set[str]) -> set[str]:
         if self.trees is None:
@@ -483,7 +570,7 @@ def _verify_file(path: str, placements: list, new_lines: list[bytes], before: tu
             return "nothing placed" + (f"; {note}" if note else "")
         placed = {k + 1 for k, who in enumerate(prov) if who is not None}
         found, note = verify.problems(b"".join(out), *before, removed_upstream=checker.removed, checked=placed,
-                                      excused=excused, name=path)
+                                      excused=excused, name=path, registered_elsewhere=checker.registered_elsewhere(path))
         if not found and note.startswith("not checked"):
             return note  # the file did not compile before the rebase either: nothing was verified
         if not found:

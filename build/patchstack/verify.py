@@ -49,6 +49,13 @@ class Facts:
     defined: set[str] = field(default_factory=set)  # every def/class name and assigned name, any scope
     attrs: dict[str, list[int]] = field(default_factory=dict)  # attribute name -> lines where it is loaded
     imported: set[str] = field(default_factory=set)  # names bound by import statements (modules and the like)
+    # the structural findings (structure() below), each keyed so that the same finding in another
+    # version of the file is recognised: key -> lines
+    early_use: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (function, name)
+    unawaited: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (function, async callee)
+    duplicates: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (class or module, name)
+    chains: dict[tuple[str, ...], list[int]] = field(default_factory=dict)  # ("self", "x", "y") -> lines
+    registered: dict[str, list[int]] = field(default_factory=dict)  # names in EntryClass
 
 
 def _text(data: bytes) -> str:
@@ -91,7 +98,120 @@ def facts(data: bytes, name: str = "<file>") -> Facts:
             f.imported |= {a.asname or a.name.split(".")[0] for a in node.names}
             f.star_import |= any(a.name == "*" for a in node.names)
     f.undefined = {n: loads.get(n, []) for n in _undefined(table)}
+    structure(code_tree, f)
     return f
+
+
+# ------------------------------------------------------------------ structural findings
+
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.ListComp, ast.SetComp,
+           ast.DictComp, ast.GeneratorExp)
+_LOOPS = (ast.For, ast.AsyncFor, ast.While)
+# decorators under which a second definition of a name is the point, not a mistake
+_REDEFINES = re.compile(r"(overload|\.setter|\.getter|\.deleter|\.register|\.overload)\b")
+
+
+def _own_nodes(fn: ast.AST):
+    """The nodes of a function's own scope (not of functions, classes or comprehensions inside it),
+    each with the loops (innermost last) it sits in."""
+    todo = [(child, ()) for child in ast.iter_child_nodes(fn)]
+    while todo:
+        node, loops = todo.pop()
+        yield node, loops
+        if isinstance(node, _SCOPES):
+            continue
+        inner = loops + (node,) if isinstance(node, _LOOPS) else loops
+        todo += [(child, inner) for child in ast.iter_child_nodes(node)]
+
+
+def _stored_names(node: ast.AST) -> list[str]:
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+        return [node.id]
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return [a.asname or a.name.split(".")[0] for a in node.names]
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, ast.ExceptHandler) and node.name:
+        return [node.name]
+    return []
+
+
+def structure(tree: ast.Module, f: Facts) -> None:
+    """What a merge that moves, drops or doubles statements leaves behind:
+
+    - `early_use`: in a function, a name the function assigns, read on a line before its first
+      assignment there and not inside a loop that also assigns it (an UnboundLocalError waiting);
+    - `unawaited`: a call, as a statement of its own, of an `async def` this file defines (by name,
+      or as `self.`/`cls.` method): the coroutine is made and dropped;
+    - `duplicates`: a name defined twice (def or class) in one class or module body, other than
+      overloads, property setters and the like;
+    - `chains`: attribute chains of three or more names (`self.x.y`), for the removed-chain check;
+    - `registered`: the names in a model file's `EntryClass` (SGLang's registry asserts on a name
+      registered twice)."""
+    async_names = {n.name for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef)}
+
+    def visit(node: ast.AST, qual: str) -> None:
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and isinstance(node, (ast.Module, ast.ClassDef)):
+            seen: dict[str, int] = {}
+            for st in body:
+                if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    decos = " ".join(ast.unparse(d) for d in getattr(st, "decorator_list", []))
+                    if st.name in seen and not _REDEFINES.search(decos):
+                        f.duplicates.setdefault((qual, st.name), [seen[st.name]]).append(st.lineno)
+                    seen.setdefault(st.name, st.lineno)
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            _function(node, qual, async_names, f)
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                visit(child, f"{qual}.{child.name}" if qual else child.name)
+            else:
+                visit(child, qual)
+
+    visit(tree, "")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute):
+            chain, v = [node.attr], node.value
+            while isinstance(v, ast.Attribute):
+                chain.append(v.attr)
+                v = v.value
+            if isinstance(v, ast.Name):
+                f.chains.setdefault((v.id, *reversed(chain)), []).append(node.lineno)
+    for st in tree.body:
+        if isinstance(st, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "EntryClass" for t in st.targets):
+            items = st.value.elts if isinstance(st.value, (ast.List, ast.Tuple)) else [st.value]
+            for it in items:
+                if isinstance(it, ast.Name):
+                    f.registered.setdefault(it.id, []).append(it.lineno)
+
+
+def _function(fn: ast.AST, qual: str, async_names: set[str], f: Facts) -> None:
+    params = {a.arg for a in ast.walk(fn.args) if isinstance(a, ast.arg)}  # type: ignore[attr-defined]
+    declared: set[str] = set()
+    stores: dict[str, list[tuple[int, tuple]]] = {}
+    loads: dict[str, list[tuple[int, tuple]]] = {}
+    for node, loops in _own_nodes(fn):
+        if isinstance(node, (ast.Global, ast.Nonlocal)):
+            declared |= set(node.names)
+        for n in _stored_names(node):
+            stores.setdefault(n, []).append((node.lineno, loops))
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            loads.setdefault(node.id, []).append((node.lineno, loops))
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+            func = node.value.func
+            callee = func.id if isinstance(func, ast.Name) else (
+                func.attr if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name)
+                and func.value.id in ("self", "cls") else None)
+            if callee in async_names:
+                f.unawaited.setdefault((qual, callee), []).append(node.lineno)
+    for name, at in stores.items():
+        if name in params or name in declared or name not in loads:
+            continue
+        first = min(line for line, _ in at)
+        store_loops = {id(lp) for _, lps in at for lp in lps}
+        early = [line for line, lps in loads[name] if line < first and not any(id(lp) in store_loops for lp in lps)]
+        if early:
+            f.early_use[(qual, name)] = sorted(set(early))
 
 
 def _undefined(top: symtable.SymbolTable) -> set[str]:
@@ -133,14 +253,15 @@ _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 def problems(result: bytes, old_patched: bytes, old_upstream: bytes, new_upstream: bytes, *,
              removed_upstream=None, checked: set[int] | None = None, excused: set[str] = frozenset(),
-             name: str = "<file>") -> tuple[list[Problem], str]:
+             name: str = "<file>", registered_elsewhere=None) -> tuple[list[Problem], str]:
     """Problems of `result` that neither the old patched file nor upstream's new file had.
 
     `old_upstream` (the old file before the patch) tells what upstream took away. `removed_upstream
     (words)` says which attribute names upstream's whole tree lost (optional). `checked`: the lines
     (1-based) the rebase placed; attribute checks look only at those. `excused`: names that hunks
-    left in conflict bring back once resolved. Returns the problems and a note on what could not be
-    checked."""
+    left in conflict bring back once resolved. `registered_elsewhere(names)`: which of these model
+    class names another file of upstream's new tree registers in its EntryClass, and where
+    (optional). Returns the problems and a note on what could not be checked."""
     now = facts(result, name)
     earlier = [facts(b, name) for b in (old_patched, new_upstream)]
     if not all(e.compiles for e in earlier):
@@ -172,6 +293,7 @@ def problems(result: bytes, old_patched: bytes, old_upstream: bytes, new_upstrea
             where = f" (it has {', '.join(f'{o}.{attr}' for o in moved_to)})" if moved_to else ""
             for ln in here:
                 out.append(Problem(ln, f"uses `{obj}.{attr}`, which upstream's new file no longer has{where}"))
+    out += _structural(now, earlier, old_up, in_placed, registered_elsewhere)
     if removed_upstream is not None:
         candidates = {a for a, lines in now.attrs.items() if any(in_placed(ln) for ln in lines)}
         candidates -= now.defined - new_up.defined  # defined by the patch itself in this file
@@ -182,6 +304,39 @@ def problems(result: bytes, old_patched: bytes, old_upstream: bytes, new_upstrea
                 out.append(Problem(ln, f"uses `.{attr}`, which upstream's new version defines nowhere "
                                        "(its old version did)"))
     return out, note
+
+
+def _structural(now: Facts, earlier: list[Facts], old_up: Facts, in_placed, registered_elsewhere) -> list[Problem]:
+    """The findings of structure() that neither the old patched file nor upstream's new file has."""
+    out: list[Problem] = []
+    for (fn, n), lines in sorted(now.early_use.items()):
+        if not any((fn, n) in e.early_use for e in earlier):
+            out += [Problem(ln, f"reads `{n}` before {fn or 'the module'} assigns it (UnboundLocalError)")
+                    for ln in lines]
+    for (fn, callee), lines in sorted(now.unawaited.items()):
+        if not any((fn, callee) in e.unawaited for e in earlier):
+            out += [Problem(ln, f"calls `{callee}`, an async def, without awaiting it: the coroutine is dropped")
+                    for ln in lines]
+    for (scope, n), lines in sorted(now.duplicates.items()):
+        if not any((scope, n) in e.duplicates for e in earlier):
+            out.append(Problem(lines[-1], f"defines `{n}` a second time in {scope or 'the module'} (first at line "
+                                          f"{lines[0]}): the later one replaces the first"))
+    for n, lines in sorted(now.registered.items()):
+        if len(lines) > 1 and not any(len(e.registered.get(n, [])) > 1 for e in earlier):
+            out.append(Problem(lines[-1], f"registers `{n}` twice in EntryClass"))
+    if registered_elsewhere is not None and now.registered:
+        new_up = earlier[-1]
+        for n, where in sorted(registered_elsewhere(set(now.registered)).items()):
+            if n not in new_up.registered:
+                out.append(Problem(now.registered[n][0], f"registers `{n}`, which upstream's new tree already registers "
+                                                          f"in {where}: the model registry rejects a name twice"))
+    new_up = earlier[-1]
+    for chain, lines in sorted(now.chains.items()):
+        here = [ln for ln in lines if in_placed(ln)]
+        if here and chain in old_up.chains and chain not in new_up.chains and chain[-1] not in new_up.defined \
+                and chain[:2] in new_up.pairs:
+            out += [Problem(ln, f"uses `{'.'.join(chain)}`, which upstream's new file no longer has") for ln in here]
+    return out
 
 
 def _gone_from(attr: str, f: Facts) -> bool:
@@ -202,14 +357,17 @@ _AS = re.compile(r"\bas\s+([A-Za-z_]\w*)")
 _LHS = re.compile(r"^\s*([^=()#'\"]+?)\s*(?::[^=]*)?(?:[-+*/%&|^@]|//|>>|<<|\*\*)?=(?!=)")
 
 
-def bound_words(lines: list[bytes], attributes: bool = True) -> set[str]:
+def bound_words(lines: list[bytes], attributes: bool = True, imports: bool = True) -> set[str]:
     """Names that lines bind, read line by line (they need not parse as a whole): imports, def and
     class, assignment targets (`a, *b = ...`, `self.x = ...` binds x), for and with/except targets,
     and lone `name,` lines (members of a parenthesised import list). Without `attributes`, an
-    assignment to `obj.x` binds nothing."""
+    assignment to `obj.x` binds nothing; without `imports`, an import binds nothing (it binds a name
+    only if its module defines it)."""
     out: set[str] = set()
     for raw in lines:
         line = _text(raw).rstrip("\n")
+        if not imports and (_IMPORT.match(line) or re.fullmatch(r"\s*([A-Za-z_]\w*)\s*,?\s*\)?\s*", line)):
+            continue
         if m := _IMPORT.match(line):
             for part in m.group(1).strip("()\\ ").split(","):
                 bits = part.split()
