@@ -41,7 +41,8 @@ def test_sdist_is_laid_out_under_its_prefix_as_the_same_commit_everywhere(world,
     _sdist_world(world, tmp_path)
     with pytest.raises(StackError) as e:
         sources.source(manifest.load().upstream("pkg"))
-    made = str(e.value).split("gave commit ")[1].split(",")[0]
+    made = str(e.value).split("lays out as commit ")[1].split(";")[0]
+    assert f'set [upstream.pkg.sdist] commit = "{made}"' in str(e.value)
     # Record the commit the tool made; a second, separate cache must make exactly the same one.
     _sdist_world(world, tmp_path, commit=made)
     first = sources.source(manifest.load().upstream("pkg"))
@@ -74,6 +75,22 @@ def test_a_wheel_is_laid_out_like_the_package_folder(world, tmp_path):
     src = sources.sdist_source(up)
     assert sorted(src.tree.paths()) == ["python/pkg/__init__.py", "python/pkg/sub/mod.py"]
     assert "PyPI wheel" in src.origin
+
+
+def test_a_wrong_commit_in_the_pins_never_deletes_a_cache_ref(world, tmp_path):
+    """A pin whose commit is wrong is refused, first from a fresh import and then from the cache, and
+    the cache's ref for the verified archive stays: fixing the pin needs no new download."""
+    _sdist_world(world, tmp_path, commit="1" * 40)
+    for _ in range(2):
+        with pytest.raises(StackError) as e:
+            sources.source(manifest.load().upstream("pkg"))
+        assert f"patches/pins.toml says {'1' * 40}" in str(e.value)
+    made = str(e.value).split("lays out as commit ")[1].split(";")[0]
+    repo = world.cache / "git" / "pkg.git"
+    refs = run_git(repo, "for-each-ref", "--format=%(refname) %(objectname)", "refs/sdist")
+    assert refs.split() == [f"refs/sdist/{hashlib.sha256((tmp_path / 'pkg-1.0.tar.gz').read_bytes()).hexdigest()}", made]
+    _sdist_world(world, tmp_path, commit=made)  # the pin fixed: served from the cache's ref, offline
+    assert sources.source(manifest.load().upstream("pkg"), offline=True).commit == made
 
 
 def test_sdist_with_the_wrong_sha256_is_refused_and_not_cached(world, tmp_path):

@@ -266,14 +266,17 @@ def sdist_source(up: Upstream, *, offline: bool = False, url: str | None = None)
                     raise SourceUnavailable(up.name, f"{up.name}: the sdist is not in the cache and --offline was given")
                 _download(url, archive, up.sdist.sha256, up.name)
             commit = _import_sdist(repo, archive, up.sdist.prefix, up.sdist.sha256)
-            if up.sdist.commit is not None and commit != up.sdist.commit:
-                git("update-ref", "-d", ref, git_dir=repo)
-                raise StackError(
-                    f"{up.name}: laying out the sdist gave commit {commit}, patches/pins.toml says {up.sdist.commit}",
-                    hint="the layout rules changed (or git did); if on purpose, update [upstream."
-                    f"{up.name}.sdist] commit",
-                )
             origin = f"PyPI {_kind(archive)} {archive.name} (sha256 verified)"
+        # The archive is verified and its commit derived from it alone; a pin that names another
+        # commit is refused, and the cache (its ref included) stays as it is: the ref is right.
+        if up.sdist.commit is not None and commit != up.sdist.commit:
+            raise StackError(
+                f"{up.name}: the {_kind(archive)} {archive.name} (sha256 {up.sdist.sha256[:12]}..., verified) lays "
+                f"out as commit {commit}; patches/pins.toml says {up.sdist.commit}",
+                hint=f"the commit is derived from the archive alone (its files under '{up.sdist.prefix or '.'}/', "
+                f"one commit with a fixed author and date: docs/tool.md, \"A new pin\"). If you are pinning this "
+                f"archive, set [upstream.{up.name}.sdist] commit = \"{commit}\"; if not, the sha256 is the wrong one",
+            )
     return Source(up, GitTree(repo, commit, label=f"{up.name} {up.version} (sdist)"), origin, commit)
 
 
