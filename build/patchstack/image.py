@@ -401,15 +401,19 @@ def deps_labels(plan: Plan) -> dict[str, str]:
 def deps_image_labels(plan: Plan) -> dict[str, str]:
     """The labels of the deps image `image-deps` makes."""
     return {
-        "org.opencontainers.image.title": f"{NAME}-deps",
-        "org.opencontainers.image.description":
-            "the deps stage of gemma4-stack's image: the base image and the pinned dependencies of slime's recipe",
-        "org.opencontainers.image.revision": plan.repo_commit,
-        "org.opencontainers.image.version": plan.deps_tag.split(":", 1)[1],
-        "org.opencontainers.image.base.name": plan.base_image,
+        **_oci(plan, f"{NAME}-deps", "the deps stage of gemma4-stack's image: the base image and the pinned "
+               "dependencies of slime's recipe", plan.deps_tag),
         f"{NS}.smoke": "1" if plan.smoke else "0",
         **deps_labels(plan),
     }
+
+
+def _oci(plan: Plan, title: str, description: str, tag: str) -> dict[str, str]:
+    """The OCI annotations every image this tool builds carries."""
+    return {"org.opencontainers.image.title": title, "org.opencontainers.image.description": description,
+            "org.opencontainers.image.revision": plan.repo_commit,
+            "org.opencontainers.image.version": tag.split(":", 1)[1],
+            "org.opencontainers.image.base.name": plan.base_image}
 
 
 def deps_mismatch(plan: Plan, found: dict[str, str]) -> list[str]:
@@ -522,12 +526,8 @@ def image_tag(plan: Plan) -> str:
 
 def labels(plan: Plan) -> dict[str, str]:
     out: dict[str, str] = {
-        "org.opencontainers.image.title": NAME,
-        "org.opencontainers.image.description":
-            "slime + Megatron-LM + SGLang for RL on Gemma4, every patch validated by patchstack",
-        "org.opencontainers.image.revision": plan.repo_commit,
-        "org.opencontainers.image.version": plan.tag.split(":", 1)[1],
-        "org.opencontainers.image.base.name": plan.base_image,
+        **_oci(plan, NAME, "slime + Megatron-LM + SGLang for RL on Gemma4, every patch validated by patchstack",
+               plan.tag),
         f"{NS}.gemma4": "1" if plan.gemma4 else "0",
         f"{NS}.groups": ",".join(plan.groups),
         f"{NS}.series-sha256": plan.series_hash,
