@@ -32,6 +32,11 @@ def _rebase(tmp_path, path: str, old: str, patched: str, new: str, others: dict[
     return rows, changes[path][1].decode() if path in changes else new, conflicted
 
 
+def _qualify(monkeypatch, *rules: str) -> None:
+    """Let these rules place hunks where git's own merge conflicts (as the benchmarks would)."""
+    monkeypatch.setattr(rebase, "QUALIFIED", rebase.QUALIFIED | set(rules))
+
+
 def _sides(text: str) -> list[tuple[str, str, str]]:
     """(upstream, base, patch) of every conflict region of a file."""
     return re.findall(r"<<<<<<< [^\n]*\n(.*?)\|\|\|\|\|\|\| [^\n]*\n(.*?)=======\n(.*?)>>>>>>> [^\n]*\n", text, re.S)
@@ -71,13 +76,13 @@ def test_fuzzy_anchor_on_a_meaningful_line_still_places(tmp_path):
 
 def test_a_lost_import_is_caught(tmp_path):
     # Like disaggregation/prefill.py at old line 20: upstream deleted `import time`, the patch's
-    # added lines still call time.perf_counter().
+    # added lines still call time.perf_counter(). git's own merge places the hunk cleanly (upstream
+    # changed nothing near it): only the verification sees it.
     old = "import os\nimport time\nimport json\nimport re\n\n\ndef work():\n    a = 1\n    b = 2\n    return json.dumps(a)\n"
-    patched = old.replace("import time\n", "import time\nimport sys\n").replace(
-        "    b = 2\n", "    b = 2\n    started = time.perf_counter()\n")
+    patched = old.replace("    b = 2\n", "    b = 2\n    started = time.perf_counter()\n")
     new = "import abc\nimport os\nimport json\nimport re\n\n\ndef work():\n    a = 1\n    b = 2\n    return json.dumps(a)\n"
     rows, text, conflicted = _rebase(tmp_path, "m.py", old, patched, new)
-    user = [r for r in rows if r["old_start"] > 5][0]
+    user = rows[0]
     assert user["status"] == "conflict" and "`time`" in user["reason"], rows
     assert conflicted == ["m.py"]
     assert "started = time.perf_counter()" not in text.split("<<<<<<<")[0]
@@ -96,7 +101,8 @@ def test_a_repeated_keyword_argument_is_caught(tmp_path):
 
 
 def test_an_attribute_upstream_moved_is_caught(tmp_path):
-    # Like eagle_draft_cuda_graph_runner.py at old line 341: the buffers moved from self.x to buffers.x.
+    # Like eagle_draft_cuda_graph_runner.py at old line 341: the buffers moved from self.x to
+    # buffers.x. The hunk is far from upstream's change, so git's own merge places it cleanly.
     old = textwrap.dedent("""\
         class Runner:
             def __init__(self):
@@ -104,25 +110,13 @@ def test_an_attribute_upstream_moved_is_caught(tmp_path):
                 self.positions = make()
 
             def replay(self, bs):
-                if bs:
-                    self.positions.zero_()
-
-                return bs
+                count = bs
+                total = count + 1
+                return total
         """)
-    patched = old.replace("            self.positions.zero_()\n\n",
-                          "            self.positions.zero_()\n            self.topk_p.zero_()\n")
-    new = textwrap.dedent("""\
-        class Runner:
-            def __init__(self):
-                self.buffers = Buffers(topk_p=make(), positions=make())
-
-            def replay(self, bs):
-                buffers = self.buffers
-                if bs:
-                    buffers.positions.zero_()
-
-                return bs
-        """)
+    patched = old.replace("        total = count + 1\n", "        total = count + 1\n        self.topk_p.zero_()\n")
+    new = old.replace("        self.topk_p = make()\n        self.positions = make()\n",
+                      "        self.buffers = Buffers(topk_p=make(), positions=make())\n        self.positions = self.buffers.positions\n")
     rows, text, _ = _rebase(tmp_path, "m.py", old, patched, new, {"other.py": "def make():\n    pass\n"})
     assert rows[0]["status"] == "conflict", rows
     assert "self.topk_p" in rows[0]["reason"]
@@ -141,7 +135,8 @@ def test_assignments_to_names_upstream_assigns_at_the_same_place_are_not_merged(
 # ------------------------------------------------------------------ resolving more
 
 
-def test_word_level_merge_keeps_both_changes_to_one_line(tmp_path):
+def test_word_level_merge_keeps_both_changes_to_one_line(tmp_path, monkeypatch):
+    _qualify(monkeypatch, 'word-merge')  # the rule itself; the gate on it: test_git_baseline_*
     head = "alpha = beta = gamma = 1\n\n\ndef compute(a, b):\n    return a\n\n\n"
     old = head + "first = 1\ntotal = compute(alpha, beta)\nlast = 2\n"
     patched = old.replace("compute(alpha, beta)", "compute(alpha, gamma)")
@@ -158,7 +153,8 @@ def test_word_level_merge_refuses_the_same_word_changed_twice(tmp_path):
     assert rows[0]["status"] == "conflict"
 
 
-def test_union_of_an_import_list_both_sides_extended(tmp_path):
+def test_union_of_an_import_list_both_sides_extended(tmp_path, monkeypatch):
+    _qualify(monkeypatch, 'import-union')  # the rule itself; the gate on it: test_git_baseline_*
     # Like disaggregation/mooncake/conn.py at old line 30.
     old = "import os\nfrom pkg.mod import Alpha\nimport sys\n\nprint(os, sys, Alpha)\n"
     patched = old.replace("import Alpha\n", "import Alpha, Beta\n")
@@ -169,7 +165,8 @@ def test_union_of_an_import_list_both_sides_extended(tmp_path):
     ast.parse(text)
 
 
-def test_a_change_upstream_made_with_one_more_argument_is_upstreamed(tmp_path):
+def test_a_change_upstream_made_with_one_more_argument_is_upstreamed(tmp_path, monkeypatch):
+    _qualify(monkeypatch, 'upstreamed-with-difference')  # the rule itself; the gate on it: test_git_baseline_*
     old = "first = 1\nrun(alpha, beta)\nlast = 2\n"
     rows, text, conflicted = _rebase(tmp_path, "m.py", old, old.replace("beta)", "beta, gamma)"),
                                      old.replace("beta)", "beta, gamma, delta=4)"))
@@ -226,7 +223,8 @@ def test_a_placed_hunk_using_what_only_a_conflict_defines_says_so(tmp_path):
     assert "timing_field" in by_file["use.py"]["depends_on"] and "defs.py" in by_file["use.py"]["depends_on"]
 
 
-def test_a_multi_line_change_upstream_made_with_one_more_argument_is_upstreamed(tmp_path):
+def test_a_multi_line_change_upstream_made_with_one_more_argument_is_upstreamed(tmp_path, monkeypatch):
+    _qualify(monkeypatch, 'upstreamed-with-difference')  # the rule itself; the gate on it: test_git_baseline_*
     # Like models/qwen3_5.py at old line 400: upstream's call has one more argument (and black's
     # trailing comma).
     head = "def layer(self, hidden, batch, scatter, fusion):\n    prepared = prepare(hidden)\n    checked = check(hidden)\n\n"
@@ -422,3 +420,57 @@ def test_overlapping_regions_become_one_well_formed_conflict():
     bad = merge.markers([b"a\n"], [b"b\n"], [b"c\n"], **LABELS) + [b"x\n", b"=======\n", b">>>>>>> p\n"]
     assert "is not open" in merge.malformed_markers(bad)
     assert merge.malformed_markers([b"=======\n", b"docstring underline\n"]) is None
+
+
+# ------------------------------------------------------------------ git's 3-way merge as the baseline
+
+
+def test_git_baseline_a_rule_not_shown_safe_may_not_resolve_what_git_conflicts_on(tmp_path, monkeypatch):
+    # The word-level merge of the issue dropped an `await`: where git conflicts, a rule places a
+    # hunk only once the benchmarks show it safe (QUALIFIED); until then it is a conflict that says so.
+    old = "def f(a, b):\n    x = compute(a, b)\n    return x\n"
+    patched = old.replace("compute(a, b)", "compute(a, b, fast=True)")
+    new = old.replace("x = compute(a, b)", "x = compute_v2(a, b)")
+    assert rebase.git_merge_hunk(diff.parse("p.patch", file_patch(tmp_path / "g", "m.py", old, patched).encode())
+                                 .files[0].hunks[0], 0, diff.split_lines(old.encode()),
+                                 diff.split_lines(new.encode())) is None  # git: conflict
+    rows, text, conflicted = _rebase(tmp_path / "a", "m.py", old, patched, new)
+    assert rows[0]["status"] == "conflict" and "git's own 3-way merge conflicts here" in rows[0]["reason"], rows
+    assert "`word-merge`" in rows[0]["reason"] and conflicted == ["m.py"]
+    _qualify(monkeypatch, "word-merge")
+    rows, text, conflicted = _rebase(tmp_path / "b", "m.py", old, patched, new)
+    assert rows[0]["status"] == "merged" and "compute_v2(a, b, fast=True)" in text and not conflicted, rows
+
+
+def test_git_baseline_where_git_merges_cleanly_its_result_is_written():
+    # A placement of ours that differs from git's clean merge of the same hunk gives way to git's.
+    old = [b"a\n", b"b\n", b"c\n", b"d\n", b"e\n", b"f\n", b"g\n"]
+    new = [b"new top\n"] + old
+    h = diff.Hunk(1, 3, 3, 3, 4, "", [(" ", b"b\n"), (" ", b"c\n"), ("+", b"ours\n"), (" ", b"d\n")], 1)
+    wrong = merge.Placement(merge.OFFSET, 5, 7, [b"e\n", b"ours\n", b"f\n"], rule="offset")  # not where git puts it
+    rebase.git_baseline([(h, wrong)], {id(h): 1}, old, new)
+    assert wrong.rule == "git-merge3" and wrong.status == merge.MERGED and "ours: offset" in wrong.reason
+    assert new[:wrong.start] + wrong.lines + new[wrong.end:] == [b"new top\n", b"a\n", b"b\n", b"c\n", b"ours\n",
+                                                                  b"d\n", b"e\n", b"f\n", b"g\n"]
+    right = merge.Placement(merge.OFFSET, 2, 5, [b"b\n", b"c\n", b"ours\n", b"d\n"], rule="offset")
+    rebase.git_baseline([(h, right)], {id(h): 1}, old, new)
+    assert right.rule == "offset" and right.reason == ""  # agrees with git: untouched
+    ours_conflict = merge.Placement(merge.CONFLICT, 2, 5, [], reason="a reason git does not see")
+    rebase.git_baseline([(h, ours_conflict)], {id(h): 1}, old, new)
+    assert ours_conflict.status == merge.CONFLICT  # git's clean merge never overrides our conflict
+
+
+def test_a_new_file_follows_its_folder_where_upstream_moved_the_folder_whole(tmp_path):
+    # Like jit_kernel/glm5_router_gemm.py: the patch adds a file to a folder upstream moved whole
+    # (jit_kernel/ -> kernels/jit/); the maintainers put the new file in the new folder.
+    moved = {"pkg/jit_kernel/a.py": "pkg/kernels/jit/a.py", "pkg/jit_kernel/b.py": "pkg/kernels/jit/b.py"}
+    assert rebase.folder_renames(moved) == {"pkg/jit_kernel": "pkg/kernels/jit"}
+    patch = diff.parse("p.patch", b"diff --git a/pkg/jit_kernel/new.py b/pkg/jit_kernel/new.py\nnew file mode 100644\n"
+                       b"--- /dev/null\n+++ b/pkg/jit_kernel/new.py\n@@ -0,0 +1 @@\n+x = 1\n")
+    rows, changes, conflicted = rebase.rebase_patch(patch, _tree({}), _tree({}), moved, LABELS)
+    assert rows[0]["file"] == "pkg/kernels/jit/new.py" and "pkg/kernels/jit/new.py" in changes and not conflicted
+    # the majority wins (as git's directory rename detection); a tie, or one file, is not followed
+    assert rebase.folder_renames({**moved, "pkg/jit_kernel/c.py": "pkg/other/c.py"}) == {"pkg/jit_kernel": "pkg/kernels/jit"}
+    assert rebase.folder_renames({**moved, "pkg/jit_kernel/c.py": "pkg/other/c.py",
+                                  "pkg/jit_kernel/d.py": "pkg/other/d.py"}) == {}
+    assert rebase.folder_renames({"pkg/jit_kernel/a.py": "pkg/kernels/jit/a.py"}) == {}
