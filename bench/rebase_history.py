@@ -74,7 +74,7 @@ tool's own fit check; git: commit, `merge-tree`), on this machine.
 
 Sources: SGLang archives are cached by the tool's source cache under out/rebase-history/cache
 (PATCHSTACK_CACHE); slime and Megatron are read from the mirrors named by UPSTREAM_SLIME_GIT and
-UPSTREAM_MEGATRON_GIT (default: /work/.mirror/...). Commits git makes are written in scratch
+UPSTREAM_MEGATRON_GIT (local clones with their whole history; required). Commits git makes are written in scratch
 repositories under out/rebase-history/work (which borrow the objects; the mirrors are not
 written). Results: bench/results/rebase_history.jsonl (raw) and .txt (the printed tables).
 """
@@ -103,8 +103,17 @@ from patchstack.manifest import Sdist  # noqa: E402
 from patchstack.trees import GitTree, Overlay, git  # noqa: E402
 from rebase_upgrade import _contains  # noqa: E402
 
-SLIME_GIT = Path(os.environ.get("UPSTREAM_SLIME_GIT", "/work/.mirror/THUDM+slime/repo"))
-MEGATRON_GIT = Path(os.environ.get("UPSTREAM_MEGATRON_GIT", "/work/.mirror/NVIDIA+Megatron-LM/repo"))
+def _mirror(var: str, url: str) -> Path:
+    """A local clone with the whole history (the pins alone are not enough: every port is read)."""
+    got = os.environ.get(var)
+    if not got or not Path(got).exists():
+        sys.exit(f"rebase_history.py: set {var} to a local clone of {url} with its whole history "
+                 f"(git clone --mirror {url}); nothing was run")
+    return Path(got)
+
+
+SLIME_GIT = _mirror("UPSTREAM_SLIME_GIT", "https://github.com/THUDM/slime.git")
+MEGATRON_GIT = _mirror("UPSTREAM_MEGATRON_GIT", "https://github.com/NVIDIA/Megatron-LM.git")
 
 # The series, in the order slime's Dockerfile applies them; an entry missing at a commit is skipped.
 SERIES = {
