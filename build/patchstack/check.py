@@ -62,6 +62,21 @@ class PatchSource:
             raise got
         return got
 
+    def read_available(self, entries: list[series.Entry]) -> tuple[list[tuple[series.Entry, bytes | None]], dict[str, str]]:
+        """Each entry's bytes, in order; an external entry whose upstream cannot be reached gives None,
+        and its name -> why (a patch of ours that cannot be read is still an error)."""
+        texts: list[tuple[series.Entry, bytes | None]] = []
+        missing: dict[str, str] = {}
+        for e in entries:
+            try:
+                texts.append((e, self.read(e)))
+            except SourceUnavailable as err:
+                if not e.is_external:
+                    raise
+                texts.append((e, None))
+                missing[e.name] = err.message
+        return texts, missing
+
     def read(self, entry: series.Entry) -> bytes:
         if not entry.is_external:
             return series.read_local(entry)

@@ -25,7 +25,7 @@ from pathlib import Path
 from . import diff, engine, series, sources
 from .apply import write_changes
 from .check import PatchSource, format_failures
-from .errors import SourceUnavailable, StackError
+from .errors import StackError
 from .manifest import Manifest
 from .trees import DirTree, GitTree, git
 
@@ -99,16 +99,7 @@ def create(manifest: Manifest, upstream: str, groups: list[str], *, force: bool 
     entries = series.load(manifest, upstream).selected(groups)
     # Every entry readable before anything is made; an external entry whose upstream is unreachable
     # (slime's SGLang patch without slime) becomes a placeholder, and the workspace says so.
-    texts: list[tuple[series.Entry, bytes | None]] = []
-    missing: dict[str, str] = {}
-    for e in entries:
-        try:
-            texts.append((e, reader.read(e)))
-        except SourceUnavailable as err:
-            if not e.is_external:
-                raise
-            texts.append((e, None))
-            missing[e.name] = err.message
+    texts, missing = reader.read_available(entries)
 
     ws.parent.mkdir(parents=True, exist_ok=True)
     tmp = ws.with_name(ws.name + ".partial")

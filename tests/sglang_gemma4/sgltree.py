@@ -45,7 +45,6 @@ def build(dest: Path = DEST) -> Built:
     from patchstack import diff, engine, manifest, series, sources
     from patchstack.apply import write_changes
     from patchstack.check import PatchSource
-    from patchstack.errors import SourceUnavailable
     from patchstack.trees import Overlay
 
     man = manifest.load(ROOT)
@@ -54,14 +53,9 @@ def build(dest: Path = DEST) -> Built:
     reader = PatchSource(man)
     entries = series.load(man, "sglang").selected(man.select_groups({"gemma4"}))
 
-    texts, skipped = [], []
-    for entry in entries:
-        try:
-            texts.append((entry, reader.read(entry)))
-        except SourceUnavailable as e:
-            if not entry.is_external:
-                raise
-            skipped.append(f"{entry.name}: {e.message}")
+    read, missing = reader.read_available(entries)
+    texts = [(entry, data) for entry, data in read if data is not None]
+    skipped = [f"{name}: {why}" for name, why in missing.items()]
     key = hashlib.sha256(src.commit.encode())
     for entry, data in texts:
         key.update(entry.name.encode() + b"\0" + hashlib.sha256(data).digest())
