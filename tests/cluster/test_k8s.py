@@ -4,10 +4,9 @@ objects (the claim, the pod templates) against Kubernetes' own schemas (kubernet
 offline); and what no schema sees: ports, token mode, no dashboard outside the cluster, GPUs,
 one pod per node, the image tag, Ray's version.
 
-The CRDs are read from ../shared/kuberay-crds-v1.7.0 next to this repository, or next to the local
-checkout a fresh clone was made from (KUBERAY_CRDS names another folder), checked by sha256; they
-are not copied into the repository. Without them the
-CRD checks are skipped and say so; the rest runs."""
+The CRDs are read from the folder KUBERAY_CRDS names (KubeRay v1.7.0's helm chart `crds/`; on our
+CI machines a copy kept beside the checkout is found without it), checked by sha256; they are not
+copied into the repository. Without them the CRD checks are skipped and say so; the rest runs."""
 
 from __future__ import annotations
 
