@@ -56,8 +56,8 @@ UNKNOWN := $(filter-out $(SETTINGS),$(foreach v,$(.VARIABLES),$(if $(filter comm
 ifneq ($(strip $(UNKNOWN)),)
 $(error $(or $(shell $(PYTHON) build/patchstack/preflight.py unknown $(UNKNOWN) -- $(SETTINGS)),unknown setting $(strip $(UNKNOWN)): nothing was run))
 endif
-# `make distclean` removes only the Docker images this clone made: they carry this label value.
-CLONE_ID = $(shell $(PYTHON) build/patchstack/preflight.py clone-id)
+# `make distclean` removes only the Docker images this clone made: they carry this label.
+CLONE_LABEL = $(shell $(PYTHON) build/patchstack/preflight.py clone-label)
 
 .PHONY: help preflight venv tool-venv sources check lint test clean distclean workspace export rebase matrix image image-deps image-smoke image-test inspect push slurm-script k8s-manifests
 
@@ -165,9 +165,9 @@ distclean:
 	  rm -rf $(foreach d,git locks rootfs sdist,'$(SRC_CACHE)/$(d)'); rmdir '$(SRC_CACHE)' 2>/dev/null || true; \
 	else echo "kept the source cache $(SRC_CACHE) (shared by every clone here; make distclean CACHE=1 removes it)"; fi
 	@if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then \
-	  id='$(CLONE_ID)'; [ -n "$$id" ] || { echo "distclean: no clone id ($(PYTHON) failed): images left" >&2; exit 1; }; \
-	  imgs=$$(docker images -q --filter "label=io.github.gemma4-stack.clone=$$id" | sort -u); \
-	  if [ -n "$$imgs" ]; then echo "docker rmi (this clone's images, label io.github.gemma4-stack.clone=$$id):"; \
-	    docker images --filter "label=io.github.gemma4-stack.clone=$$id" --format '  {{.Repository}}:{{.Tag}}'; \
+	  label='$(CLONE_LABEL)'; [ -n "$$label" ] || { echo "distclean: no clone label ($(PYTHON) failed): images left" >&2; exit 1; }; \
+	  imgs=$$(docker images -q --filter "label=$$label" | sort -u); \
+	  if [ -n "$$imgs" ]; then echo "docker rmi (this clone's images, label $$label):"; \
+	    docker images --filter "label=$$label" --format '  {{.Repository}}:{{.Tag}}'; \
 	    docker rmi -f $$imgs >/dev/null; else echo "no Docker image of this clone's"; fi; \
 	else echo "no Docker engine answers: this clone's images, if any, are left"; fi

@@ -245,10 +245,6 @@ KINDS = {
 
 _URL = re.compile(r"^([a-z][a-z0-9+.-]*)://([^/?#@\s]+@)?[A-Za-z0-9.-]+(:[0-9]+)?(/\S*)?$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]+)?$")
-# An image reference as Docker reads one: [host[:port]/]path[:tag][@sha256:digest], lower case path.
-_IMAGE = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]+)?/)?"
-                    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-                    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$")
 # A path on this machine: the build runs in a container, which does not see it.
 _LOCAL = "a path on this machine, which the docker build does not see"
 _SERVE = "serve it over http(s) (the build uses this machine's network, so http://127.0.0.1:PORT/... works)"
@@ -272,7 +268,7 @@ def check_value(name: str, value: str, pin: str = "") -> None:
     local = value.startswith(("/", "./", "../", "~", "file:"))
     scheme = m.group(1) if (m := _URL.match(value)) else None
     if kind == "image":
-        if not _IMAGE.match(value):
+        if not preflight.is_image_reference(value):
             raise bad("is not an image reference", "give [registry[:port]/]name[:tag][@sha256:<digest>], "
                       "e.g. registry.example.org/slimerl/sglang:v0.5.9 (the name in lower case)")
     elif kind in ("git", "prefix"):

@@ -23,6 +23,12 @@ _NAME = r"%s?%s(?:/%s)*" % (_HOST, _COMPONENT, _COMPONENT)
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _TAG_ONLY = re.compile(r"^%s$" % _TAG)
 _REFERENCE = re.compile(r"^%s:%s$" % (_NAME, _TAG))
+_IMAGE = re.compile(r"^%s(?::%s)?(?:@sha256:[0-9a-f]{64})?$" % (_NAME, _TAG))
+
+
+def is_image_reference(value):
+    """Whether `value` is an image Docker can name: [host[:port]/]path[:tag][@sha256:digest]."""
+    return _IMAGE.match(value) is not None
 
 
 def python_problem(version=None):
@@ -80,12 +86,15 @@ def main(argv):
     if argv == ["clone-id"]:
         print(clone_id())
         return 0
+    if argv == ["clone-label"]:  # what `make distclean` filters Docker's images by
+        print("%s=%s" % (CLONE_LABEL, clone_id()))
+        return 0
     if argv[:1] == ["unknown"] and "--" in argv:
         i = argv.index("--")
         print(unknown_message(argv[1:i], argv[i + 1:]))
         return 0
     if argv:
-        sys.stderr.write("usage: preflight.py [clone-id | unknown NAME... -- KNOWN...]\n")
+        sys.stderr.write("usage: preflight.py [clone-id | clone-label | unknown NAME... -- KNOWN...]\n")
         return 2
     problems = []
     p = python_problem()

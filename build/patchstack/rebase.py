@@ -16,9 +16,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import posixpath
 import re
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 from . import diff, engine, merge, series, sources, verify, workspace
@@ -77,8 +79,6 @@ def folder_renames(moved: dict[str, str]) -> dict[str, str]:
     """Folders upstream moved: the folder that most of the files renamed out of a folder went to,
     under the same name, when that is more than half of them and two at least (git's directory
     rename detection: the majority wins)."""
-    import posixpath
-    from collections import Counter
 
     out_of: dict[str, Counter] = {}
     for a, b in moved.items():
@@ -97,8 +97,6 @@ def folder_renames(moved: dict[str, str]) -> dict[str, str]:
 def _new_file_dest(path: str, moved: dict[str, str], new_tree) -> str:
     """Where a file the patch creates goes: where upstream moved it, or into the folder upstream
     moved its folder to (when nothing is at the old path in the new tree)."""
-    import posixpath
-
     if path in moved:
         return moved[path]
     folder = posixpath.dirname(path)
@@ -272,9 +270,7 @@ def _not_placeable(fp: diff.FilePatch, h: diff.Hunk, row: dict, changes: dict, c
     src = fp.old_path or fp.new_path
     rej = f"{src}.rej"
     text = (changes[rej][1] if changes.get(rej) else f"--- a/{fp.old_path}\n+++ b/{fp.new_path}\n".encode())
-    text += h.header.encode() + b"\n" + b"".join(
-        k.encode() + t + (b"" if t.endswith(b"\n") else b"\n\\ No newline at end of file\n") for k, t in h.lines)
-    changes[rej] = (REGULAR, text)
+    changes[rej] = (REGULAR, text + _hunk_text(h))
     if rej not in conflicted:
         conflicted.append(rej)
     why = row.get("reason", "")
@@ -388,12 +384,12 @@ def git_baseline(placements: list, old_at: dict, old_lines: list[bytes], new_lin
     for h, pl in placements:
         if pl.status == merge.CONFLICT:
             continue
-        p = old_at[id(h)]
-        merged = git_merge_hunk(h, p, old_lines, new_lines)
-        if blocks is None or not _meaningful(h):  # nothing to recognise it by: git's merge of it alone
-            git_conflicts = merged is None
+        alone = blocks is None or not _meaningful(h)  # nothing to recognise it by: git's merge of it alone
+        if not alone and _git_conflicts_on(h, blocks):
+            merged, git_conflicts = None, True
         else:
-            git_conflicts = _git_conflicts_on(h, blocks)
+            merged = git_merge_hunk(h, old_at[id(h)], old_lines, new_lines)
+            git_conflicts = alone and merged is None
         if git_conflicts:
             if not pl.rule or not all(part in QUALIFIED for part in pl.rule.split("+")):
                 was = f"{pl.status} by rule `{pl.rule or 'unnamed'}`"
@@ -779,11 +775,12 @@ def _verify_file(path: str, placements: list, new_lines: list[bytes], before: tu
 
 
 def _hunks_text(fp: diff.FilePatch) -> bytes:
-    out = [f"--- a/{fp.old_path}\n+++ b/{fp.new_path}\n".encode()]
-    for h in fp.hunks:
-        out.append(h.header.encode() + b"\n")
-        out += [k.encode() + t + (b"" if t.endswith(b"\n") else b"\n\\ No newline at end of file\n") for k, t in h.lines]
-    return b"".join(out)
+    return f"--- a/{fp.old_path}\n+++ b/{fp.new_path}\n".encode() + b"".join(_hunk_text(h) for h in fp.hunks)
+
+
+def _hunk_text(h: diff.Hunk) -> bytes:
+    return h.header.encode() + b"\n" + b"".join(
+        k.encode() + t + (b"" if t.endswith(b"\n") else b"\n\\ No newline at end of file\n") for k, t in h.lines)
 
 
 # ------------------------------------------------------------------ the run
