@@ -723,7 +723,13 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print only; do not write bench/results/")
     ap.add_argument("--dump", action="store_true", help="write each judged file (upstream's new, ours, git's, "
                     "the maintainers') under out/rebase-history/dump/, to read the classes by eye")
+    ap.add_argument("--qualified", metavar="RULE,RULE,...",
+                    help="the rules allowed to place a hunk where git conflicts (rebase.QUALIFIED) for this run, "
+                    "to measure a rule family (docs/measured.md); default: the tool's own set")
     args = ap.parse_args()
+    if args.qualified is not None:
+        rebase.QUALIFIED = frozenset(x for x in args.qualified.split(",") if x)
+        print(f"rebase.QUALIFIED for this run: {', '.join(sorted(rebase.QUALIFIED))}", file=sys.stderr)
     OUT.mkdir(parents=True, exist_ok=True)
     index_file = OUT / "index.json"
     index = json.loads(index_file.read_text()) if index_file.exists() else {}
@@ -751,6 +757,10 @@ def main() -> int:
         with open(res / "rebase_history.jsonl", "w") as fh:
             for r in recs:
                 fh.write(json.dumps(r, sort_keys=True) + "\n")
+    not_run = [f"{r['upstream']} {r['old']} -> {r['new']}" for r in recs if r.get("error")]
+    if not_run:
+        print(f"NOT RUN: {'; '.join(not_run)} (the table above lacks them)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -136,8 +136,8 @@ def test_without_slime_the_workspace_is_made_on_the_bare_pin_and_says_so(world, 
     before = _files(folder)
     monkeypatch.setenv("UPSTREAM_SLIME_GIT", str(world.tmp / "no-such-slime"))
     code, out, err = tool("workspace", "megatron", "--gemma4")
-    assert code == 0, err
-    assert "MISSING   slime:docker/megatron.patch" in out and "NOT applied" in out
+    assert code == 3, err  # made, but without slime's entry: never a plain success
+    assert "MISSING   slime:docker/megatron.patch" in out and "NOT applied" in out and "INCOMPLETE (exit 3)" in out
     ws = world.root / "out" / "workspace" / "megatron"
     log = run_git(ws, "log", "--reverse", "--format=%s", "upstream..HEAD").splitlines()
     assert log == ["[external, MISSING] slime:docker/megatron.patch", "First", "Second"]

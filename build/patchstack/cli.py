@@ -10,7 +10,7 @@ from pathlib import Path
 from . import check as check_mod
 from . import engine, lint as lint_mod, manifest as manifest_mod, sources
 from .apply import NotApplied, apply_series
-from .errors import EXIT_FAILED, EXIT_OK, EXIT_UNDECIDED, SourceUnavailable, StackError
+from .errors import EXIT_FAILED, EXIT_INCOMPLETE, EXIT_OK, EXIT_UNDECIDED, SourceUnavailable, StackError
 from .trees import DirTree
 
 
@@ -165,10 +165,15 @@ def cmd_workspace(m, args) -> int:
     print(f"{args.upstream}: workspace at {ws}: the pin is tagged '{workspace.UPSTREAM_TAG}', "
           f"{n} patch commits on branch 'patches'")
     print(f"edit with git (commit --amend, rebase -i {workspace.UPSTREAM_TAG}), then: make export UPSTREAM={args.upstream}")
-    for name in workspace.missing_entries(ws):
+    missing = workspace.missing_entries(ws)
+    for name in missing:
         print(f"MISSING   {name}: its upstream could not be reached, so it is NOT applied: the workspace is "
               f"{args.upstream}'s pin without it (an empty commit holds its place; export keeps its series line). "
               "Patches made here may not fit once it is back: run make check with the source reachable.")
+    if missing:
+        print(f"INCOMPLETE (exit 3): the workspace is made, without {len(missing)} entr"
+              f"{'y' if len(missing) == 1 else 'ies'} (above)")
+        return EXIT_INCOMPLETE
     return 0
 
 
