@@ -45,7 +45,12 @@ tool moved a hunk into, is put in exactly one class, for our tool and for git se
   compared without trailing whitespace (the maintainers often stripped it in a port). A hunk that
   only removes lines is the maintainers' when M keeps none of those non-blank N lines. A hunk is
   one the maintainers dropped when none of its added non-blank lines that N does not have occurs
-  anywhere in M; or, when it has no such line, it removes non-blank N lines and M keeps all of them;
+  anywhere in M and M adds no non-blank line of its own in the same gap (otherwise they rewrote
+  it: `changed`, below); or, when it has no such line, it removes non-blank N lines and M keeps
+  all of them. A Python file that fails these rules but whose code equals M's (the same
+  `ast.unparse` once docstrings are set aside and the named keyword arguments of each call are
+  put in name order: comments, docstrings, layout, quoting and keyword order may differ) is
+  maintainer-differs too, marked `equivalent: code`;
 - `wrong`: placed without a conflict, but neither identical nor maintainer-differs. The first
   change that fails the rule is printed, with why; its kind: `changed` (the maintainers have some of
   the block's lines that upstream lacks, not as this block: they changed that part of the patch in
@@ -82,6 +87,7 @@ written). Results: bench/results/rebase_history.jsonl (raw) and .txt (the printe
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import difflib
 import json
@@ -382,6 +388,13 @@ def judge(n_text: bytes, o_text: bytes, m_text: bytes) -> tuple[list[dict], list
         b = next((kept_m[k] for k in range(q, len(m)) if kept_m[k] is not None and n[kept_m[k]].strip()), len(n))
         return a, b  # type: ignore[return-value]
 
+    def theirs_between(a: int, b: int) -> bool:
+        """Whether M adds non-blank lines of its own between the last line it keeps at or before N
+        line a and the first it keeps at or after N line b."""
+        pa = max((j for j, k in enumerate(kept_m) if k is not None and k <= a), default=-1)
+        pb = min((j for j, k in enumerate(kept_m) if k is not None and k >= b), default=len(m))
+        return any(kept_m[j] is None and m[j].strip() for j in range(pa + 1, pb))
+
     bad_list: list[dict] = []
     dropped: list[dict] = []
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, n, o, autojunk=False).get_opcodes():
@@ -414,8 +427,12 @@ def judge(n_text: bytes, o_text: bytes, m_text: bytes) -> tuple[list[dict], list
             continue
         own = [x for x in block if x.strip() and x not in n_set]
         if own and not any(x in m_set for x in own):
-            dropped.append({**bad, "why": "adds lines the maintainers have nowhere"})
-            continue
+            if not theirs_between(a, b):
+                dropped.append({**bad, "why": "adds lines the maintainers have nowhere"})
+                continue
+            rewritten = True  # the maintainers have other lines in this gap: a rewrite
+        else:
+            rewritten = False
         gone = [k for k in range(i1, i2) if n[k].strip()]
         if not own and gone and all(k in kept_n for k in gone):
             dropped.append({**bad, "why": "replaces upstream lines the maintainers keep by upstream lines"})
@@ -429,6 +446,9 @@ def judge(n_text: bytes, o_text: bytes, m_text: bytes) -> tuple[list[dict], list
             here = f"line {a + 1} `{n[a].strip().decode('utf-8', 'replace')[:50]}`" if a >= 0 else "the start"
             kind, why = "elsewhere", (f"the maintainers have this block elsewhere: after upstream's {there}; "
                                       f"here after its {here}")
+        elif rewritten:
+            kind, why = "changed", (f"the maintainers have none of its {len(own)} lines that upstream lacks, and lines "
+                                    "of their own in this place (they rewrote this part in their port)")
         elif own:
             kind, why = "changed", (f"the maintainers have {sum(x in m_set for x in own)} of its {len(own)} lines that "
                                     "upstream lacks, not as this block (they changed this part in their port)")
@@ -458,9 +478,53 @@ def classify(n_text: bytes | None, o_text: bytes | None, m_text: bytes | None, m
     if o_text is None:
         return {"class": "wrong", "line": 0, "text": "", "kind": "file", "why": "absent here, in the maintainers' result"}
     bad, dropped = judge(n_text or b"", o_text, m_text or b"")
+    if bad and path.endswith(".py"):
+        code = [canonical(t) for t in (n_text or b"", o_text, m_text or b"")]
+        if None not in code:
+            bad_code, dropped_code = judge(*code)  # type: ignore[arg-type]
+            if not bad_code:
+                return {"class": "maintainer-differs", "equivalent": "code", "differs_as_text": bad[0],
+                        **({"dropped": dropped_code} if dropped_code else {})}
     if bad:
         return {"class": "wrong", **bad[0], "kinds": sorted({b["kind"] for b in bad}), "failures": len(bad)}
     return {"class": "maintainer-differs", **({"dropped": dropped} if dropped else {})}
+
+
+class _Canon(ast.NodeTransformer):
+    """Docstrings out; the named keyword arguments of a call in name order (a `**` argument keeps
+    its place among them)."""
+
+    def _body(self, node):
+        self.generic_visit(node)
+        b = node.body
+        if b and isinstance(b[0], ast.Expr) and isinstance(b[0].value, ast.Constant) and isinstance(b[0].value.value, str):
+            node.body = b[1:] or [ast.Pass()]
+        return node
+
+    visit_Module = visit_ClassDef = visit_FunctionDef = visit_AsyncFunctionDef = _body
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        runs, cur = [], []
+        for k in node.keywords:
+            if k.arg is None:
+                runs += sorted(cur, key=lambda x: x.arg) + [k]
+                cur = []
+            else:
+                cur.append(k)
+        node.keywords = runs + sorted(cur, key=lambda x: x.arg)
+        return node
+
+
+def canonical(text: bytes) -> bytes | None:
+    """A Python file's code as one canonical text (ast.unparse, one statement per line): the same
+    for two files that differ only in comments, docstrings, layout, quoting or the order of named
+    keyword arguments; None when it does not parse."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return None
+    return (ast.unparse(_Canon().visit(tree)) + "\n").encode()
 
 
 # ------------------------------------------------------------------ one pair

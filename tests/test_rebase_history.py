@@ -73,3 +73,34 @@ def test_a_new_file_the_maintainers_put_elsewhere_is_wrong(bench):
     assert got["class"] == "wrong" and got["kind"] == "file" and "kernels/jit/new.py" in got["why"]
     got = bench.classify(None, b"x = 1\n", None, set(), "python/pkg/jit_kernel/new.py")
     assert got["class"] == "maintainer-differs"
+
+
+def test_code_equal_to_the_maintainers_differs_only_in_form(bench):
+    # The maintainers reworded a docstring and a comment, split a line and reordered keyword
+    # arguments in their port: the same code, so not wrong.
+    ours = N.replace(b"    return 1\n", b'    """Sum it.\n    Twice."""\n    # the total\n'
+                     b"    return f(x, a=1, b=2)\n")
+    theirs = N.replace(b"    return 1\n", b'    """Sum it twice."""\n    return f(\n        x, b=2, a=1\n    )\n')
+    got = bench.classify(N, ours, theirs, set(), "m.py")
+    assert got["class"] == "maintainer-differs" and got["equivalent"] == "code", got
+    # a changed value, or a changed positional order, is not the same code
+    for other in (b"    return f(x, a=1, b=3)\n", b"    return f(a=1, b=2)\n", b"    return g(x, a=1, b=2)\n"):
+        theirs = N.replace(b"    return 1\n", other)
+        assert bench.classify(N, ours, theirs, set(), "m.py")["class"] == "wrong", other
+    # not Python: text only
+    assert bench.classify(N, ours, N.replace(b"    return 1\n", b"    return f(x, b=2, a=1)\n"), set(),
+                          "m.txt")["class"] == "wrong"
+
+
+def test_keyword_order_is_kept_around_a_double_star_argument(bench):
+    assert bench.canonical(b"f(b=1, **k, a=2)\n") != bench.canonical(b"f(a=2, **k, b=1)\n")
+    assert bench.canonical(b"f(b=1, c=3, **k)\n") == bench.canonical(b"f(c=3, b=1, **k)\n")
+
+
+def test_a_block_rewritten_whole_is_wrong_and_only_a_block_with_nothing_in_its_place_is_dropped(bench):
+    ours = N.replace(b"    return 1\n", b"    total = compute(a, b)\n    return total\n")
+    rewritten = N.replace(b"    return 1\n", b"    return other(c)\n")
+    got = bench.classify(N, ours, rewritten, set(), "m.py")
+    assert got["class"] == "wrong" and got["kind"] == "changed" and "rewrote" in got["why"], got
+    got = bench.classify(N, ours, N, set(), "m.py")  # the maintainers have nothing there: dropped
+    assert got["class"] == "maintainer-differs" and got["dropped"], got

@@ -474,3 +474,22 @@ def test_a_new_file_follows_its_folder_where_upstream_moved_the_folder_whole(tmp
     assert rebase.folder_renames({**moved, "pkg/jit_kernel/c.py": "pkg/other/c.py",
                                   "pkg/jit_kernel/d.py": "pkg/other/d.py"}) == {}
     assert rebase.folder_renames({"pkg/jit_kernel/a.py": "pkg/kernels/jit/a.py"}) == {}
+
+
+def test_a_new_file_in_a_folder_upstream_split_is_a_conflict_never_placed_silently(tmp_path):
+    # Like jit_kernel/ in SGLang 0.5.17: upstream moved its files out to several folders, none of
+    # them a majority. git flags the new file's location; the tool must not write it, unmarked,
+    # into a folder upstream emptied.
+    moved = {"pkg/jit_kernel/a.py": "pkg/kernels/ops/a.py", "pkg/jit_kernel/b.py": "pkg/kernels/jit/b.py",
+             "pkg/jit_kernel/c.py": "pkg/kernels/ops/moe/c.py"}
+    assert rebase.folder_renames(moved) == {}
+    patch = diff.parse("p.patch", b"diff --git a/pkg/jit_kernel/new.py b/pkg/jit_kernel/new.py\nnew file mode 100644\n"
+                       b"--- /dev/null\n+++ b/pkg/jit_kernel/new.py\n@@ -0,0 +1 @@\n+x = 1\n")
+    rows, changes, conflicted = rebase.rebase_patch(patch, _tree({}), _tree({}), moved, LABELS)
+    assert rows[0]["status"] == merge.CONFLICT and conflicted == ["pkg/jit_kernel/new.py"], rows
+    assert "moved 3 files of pkg/jit_kernel/ out" in rows[0]["reason"] and "pkg/kernels/ops/" in rows[0]["reason"]
+    assert b"<<<<<<<" in changes["pkg/jit_kernel/new.py"][1]
+    # one file moved out of a folder is no split: the new file stays where the patch puts it
+    rows, _, conflicted = rebase.rebase_patch(patch, _tree({}), _tree({}), {"pkg/jit_kernel/a.py": "pkg/ops/a.py"},
+                                              LABELS)
+    assert rows[0]["status"] == merge.CLEAN and not conflicted

@@ -94,16 +94,32 @@ def folder_renames(moved: dict[str, str]) -> dict[str, str]:
     return found
 
 
-def _new_file_dest(path: str, moved: dict[str, str], new_tree) -> str:
+def _new_file_dest(path: str, moved: dict[str, str], new_tree, upstreams) -> tuple[str, str]:
     """Where a file the patch creates goes: where upstream moved it, or into the folder upstream
-    moved its folder to (when nothing is at the old path in the new tree)."""
+    moved its folder to (when nothing is at the old path in the new tree). With it, a reason to
+    leave it as a conflict, or "": upstream moved most files of its folder out, to several folders
+    with no majority (as git's directory rename detection, which flags the file's location)."""
     if path in moved:
-        return moved[path]
+        return moved[path], ""
+    if new_tree.read(path) is not None:
+        return path, ""
     folder = posixpath.dirname(path)
     target = folder_renames(moved).get(folder)
-    if target is not None and new_tree.read(path) is None:
-        return posixpath.join(target, posixpath.basename(path))
-    return path
+    if target is not None:
+        return posixpath.join(target, posixpath.basename(path)), ""
+    went = Counter(posixpath.dirname(b) for a, b in moved.items()
+                   if posixpath.dirname(a) == folder and posixpath.dirname(b) != folder)
+    if sum(went.values()) < 2:
+        return path, ""
+    stayed = None
+    if upstreams is not None and hasattr(upstreams[1], "paths"):
+        stayed = sum(1 for q in upstreams[1].paths() if posixpath.dirname(q) == folder)
+    if stayed is not None and stayed >= sum(went.values()):
+        return path, ""
+    where = ", ".join(f"{d}/ ({n})" for d, n in went.most_common(3))
+    return path, (f"upstream moved {sum(went.values())} files of {folder}/ out, to several folders ({where}"
+                  f"{', ...' if len(went) > 3 else ''}) and kept {stayed if stayed is not None else 'an unknown number'}: "
+                  "put this new file where it now belongs")
 
 
 # ------------------------------------------------------------------ one patch
@@ -133,8 +149,10 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
         src_path = fp.old_path or fp.new_path
         target = moved.get(src_path, src_path)  # type: ignore[arg-type]
         dest = moved.get(fp.new_path, fp.new_path) if fp.new_path else None  # type: ignore[arg-type]
+        split = ""
         if fp.is_new and fp.new_path:
-            dest = target = _new_file_dest(fp.new_path, moved, new_tree)
+            dest, split = _new_file_dest(fp.new_path, moved, new_tree, upstreams)
+            target = dest
         renamed_note = {"new_file": target} if target != src_path else {}
         new_text = new_tree.read(target)
         mode = new_tree.mode(target) or REGULAR
@@ -142,7 +160,7 @@ def rebase_patch(patch: diff.Patch, old: Overlay, new_tree, moved: dict[str, str
         if fp.is_new:
             _, wanted = engine.apply_hunks(fp, b"")
             reason = "upstream has a different file at this path"
-            clash = _registered_elsewhere(dest, wanted, checker) if new_text is None else None  # type: ignore[arg-type]
+            clash = split or (_registered_elsewhere(dest, wanted, checker) if new_text is None else None)  # type: ignore[arg-type]
             if new_text is None and not clash:
                 status = merge.CLEAN
                 changes[dest] = (fp.new_mode or REGULAR, wanted)  # type: ignore[index]
