@@ -119,7 +119,22 @@ def write_checkpoint(dest: Path, kind: str) -> tuple[dict, dict]:
         ckpt.CONFIGS.update(wide_configs())
     if not (dest / "model.safetensors").exists():
         ckpt.write(dest, kind)
+    if not (dest / "tokenizer.json").exists():
+        write_tokenizer(dest)
     return ckpt.read(dest)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def write_tokenizer(dest: Path) -> None:
+    """A word-level tokenizer (the image tier's): the server runs with its tokenizer and
+    detokenizer managers, as slime starts it (slime never passes --skip-tokenizer-init)."""
+    from slime_step import tokenizer_files
+
+    conf = json.loads((dest / "config.json").read_text())
+    for name, body in tokenizer_files(conf).items():
+        (dest / name).write_text(json.dumps(body))
 
 
 # ----------------------------------------------------------------------------- the engine (slime's)
@@ -132,7 +147,7 @@ def sglang_args(ckpt_dir: Path, kind: str, graphs: bool, moe: bool, mem: float) 
         use_rollout_routing_replay=moe, fp16=False, rollout_external=False, sglang_router_ip=None,
         sglang_router_port=None, debug_rollout_only=False, use_critic=False,
         # what the run scripts pass as --sglang-*; chunked prefill small enough that prompts are chunked
-        sglang_attention_backend="triton", sglang_sampling_backend="pytorch", sglang_skip_tokenizer_init=True,
+        sglang_attention_backend="triton", sglang_sampling_backend="pytorch", sglang_skip_tokenizer_init=False,
         sglang_mem_fraction_static=mem, sglang_context_length=2048, sglang_chunked_prefill_size=256,
         sglang_cuda_graph_max_bs=16, sglang_disable_cuda_graph=not graphs, sglang_dtype="bfloat16",
         sglang_log_level="warning", sglang_max_running_requests=64,
@@ -415,7 +430,7 @@ def reload_check(engine, sent, conf, dest: Path, a, moe) -> dict:
 
     dest.mkdir(parents=True, exist_ok=True)
     src = Path(engine.args.hf_checkpoint)
-    for f in ("config.json", "generation_config.json"):
+    for f in ("config.json", "generation_config.json", *TOKENIZER_FILES):
         (dest / f).write_text((src / f).read_text())
     tensors = {n: t.contiguous() for n, t in sent}
     missing = [n for n in load_file(str(src / "model.safetensors")) if n not in tensors]

@@ -7,6 +7,7 @@
 #   one fullsize.py run when it starts with "fullsize":
 #     engine_cycle_gpu.sh "--kind dense --steps 20" "--kind dense --steps 4 --control stale-rope" \
 #       "fullsize --size 31B"
+#   RUN_TIMEOUT: seconds each run may take (0, the default: no limit).
 set -u
 BUNDLE=${BUNDLE:-.gpu}
 RESULTS=${RESULTS:-out/engine-cycle}
@@ -30,9 +31,10 @@ for run in "$@"; do
   case "$run" in fullsize*) script=fullsize.py results=fullsize.jsonl run=${run#fullsize} ;; esac
   echo "=== run $i: $script $run"
   # shellcheck disable=SC2086  # each argument is a whole command line of options
-  python3 "$(dirname "$0")/$script" $run --work "$W/work$i" --out "$RESULTS/$results" > "$RESULTS/run$i.log" 2>&1
+  timeout -k 20 "${RUN_TIMEOUT:-0}" python3 "$(dirname "$0")/$script" $run --work "$W/work$i" \
+    --out "$RESULTS/$results" > "$RESULTS/run$i.log" 2>&1
   r=$?
-  echo "exit $r"; [ $r = 0 ] || rc=1
+  echo "exit $r$([ $r = 124 ] && echo " (stopped after RUN_TIMEOUT=${RUN_TIMEOUT}s)")"; [ $r = 0 ] || rc=1
   if [ $r != 0 ] && [ "${STOP_ON_FAIL:-0}" = 1 ]; then echo "STOP_ON_FAIL: the runs after run $i were not made"; fi
   grep -E '^\[cycle\]|^\[control|^\[fullsize\]' "$RESULTS/run$i.log" | cut -c1-600
   grep -E 'Error|Traceback|NotImplemented' "$RESULTS/run$i.log" | grep -v Warning | tail -6 | cut -c1-400
