@@ -136,6 +136,9 @@ def test_an_existing_cluster_is_used_and_not_started():
     (dict(GPUS_PER_NODE="eight"), "GPUS_PER_NODE=eight"),
     (dict(MODE="disaggregate", ACTOR_GPUS="8"), "ACTOR_GPUS=8"),
     (dict(WANDB="yes"), "WANDB=yes"),
+    (dict(PROMPT_LEN="0"), "PROMPT_LEN=0"),
+    (dict(SWA_RATIO="0"), "SWA_RATIO=0"),
+    (dict(SWA_RATIO="1.5"), "SWA_RATIO=1.5"),
 ])
 def test_a_wrong_knob_is_named(env, named):
     res = dry_run("run-gemma4-31B.sh", **env)
@@ -221,3 +224,28 @@ def test_every_flag_parses_with_the_pinned_slime_and_megatron(script, mode, tmp_
 
     check_parallelism(settings, parsed.tensor_model_parallel_size, parsed.expert_model_parallel_size)
     build_config(parsed, settings)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("response,prompt", [(1024, 512), (4096, 512), (8192, 512), (16384, 2048), (32768, 256)])
+def test_the_kv_split_follows_the_lengths(script, response, prompt):
+    # SGLang frees a decoding request's sliding-window KV older than the window once per window of
+    # steps (ScheduleBatch's SWA eviction): a sample holds at most two windows of it, while its
+    # prompt, shared by the prompt's samples, stays whole in the radix cache. The ratio passed must
+    # cover that need and not waste more than a hundredth; past two windows per sample, 1.
+    size = "26B-A4B" if "26B" in script else "31B"
+    window = g4util.published_config_json(size)["text_config"]["sliding_window"]
+    res = dry_run(script, RESPONSE_LEN=str(response), PROMPT_LEN=str(prompt))
+    assert res.returncode == 0, res.stderr
+    args = train_args(commands(res.stdout))
+    ratio = float(flag(args, "--sglang-swa-full-tokens-ratio"))
+    n = int(flag(args, "--n-samples-per-prompt"))
+    need = (prompt + n * 2 * window) / (prompt + n * response)
+    assert min(need, 1.0) <= ratio <= min(need + 0.01, 1.0), (ratio, need)
+    assert args.count("--sglang-swa-full-tokens-ratio") == 1
+
+
+def test_a_kv_split_set_by_hand_is_passed_as_given():
+    res = dry_run("run-gemma4-31B.sh", SWA_RATIO="0.3", RESPONSE_LEN="8192")
+    assert res.returncode == 0, res.stderr
+    assert flag(train_args(commands(res.stdout)), "--sglang-swa-full-tokens-ratio") == "0.3"
