@@ -151,6 +151,7 @@ def sglang_args(ckpt_dir: Path, kind: str, graphs: bool, moe: bool, mem: float) 
         sglang_mem_fraction_static=mem, sglang_context_length=2048, sglang_chunked_prefill_size=256,
         sglang_cuda_graph_max_bs=16, sglang_disable_cuda_graph=not graphs, sglang_dtype="bfloat16",
         sglang_log_level="warning", sglang_max_running_requests=64,
+        sglang_grammar_backend="none",  # no structured output here; the GPU machine has no xgrammar
         # read by slime's convert_to_hf and named_params_and_buffers (Megatron args in a real run)
         q_lora_rank=None, num_experts=None,
     )
