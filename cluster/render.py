@@ -92,6 +92,10 @@ def load_values(path: Path | None = None, overrides: list[str] = (), image: str 
     for k in ("nodes", "gpus_per_node"):
         if values[k] < 1:
             raise ValuesError(f"{k} must be at least 1, not {values[k]}")
+    for k, top in (("k8s.backoff_limit", 100), ("k8s.active_deadline_seconds", 2**31 - 1),
+                   ("k8s.ttl_seconds_after_finished", 2**31 - 1)):
+        if not 0 <= values[k] <= top:
+            raise ValuesError(f"{k} must be from 0 to {top}, not {values[k]}")
     values["ray_version"] = ray_version()
     return values
 
@@ -286,7 +290,10 @@ def render_k8s(v: dict) -> dict[str, dict]:
     job = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": _meta(v, k("name")),
            "spec": {"entrypoint": entry, "shutdownAfterJobFinishes": True,
                     "ttlSecondsAfterFinished": k("ttl_seconds_after_finished"),
+                    "backoffLimit": k("backoff_limit"),
                     "rayClusterSpec": ray_cluster_spec(v)}}
+    if k("active_deadline_seconds"):
+        job["spec"]["activeDeadlineSeconds"] = k("active_deadline_seconds")
     return {"pvc.yaml": pvc, "raycluster.yaml": cluster, "rayjob.yaml": job}
 
 

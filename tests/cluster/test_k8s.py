@@ -236,3 +236,21 @@ def test_the_image_is_the_one_given_and_none_is_refused():
         manifests(image="")
     assert manifests("model_script=/root/slime/scripts/run-gemma4-26B-A4B.sh")["rayjob.yaml"]["spec"][
         "entrypoint"].endswith("bash /root/slime/scripts/run-gemma4-26B-A4B.sh")
+
+
+def test_retries_and_the_deadline_come_from_the_values():
+    job = manifests()["rayjob.yaml"]["spec"]
+    assert job["backoffLimit"] == 0 and "activeDeadlineSeconds" not in job  # the defaults: no retry, no limit
+    job = manifests("k8s.backoff_limit=3", "k8s.active_deadline_seconds=86400")["rayjob.yaml"]["spec"]
+    assert job["backoffLimit"] == 3 and job["activeDeadlineSeconds"] == 86400
+    # the RayCluster for interactive use has neither (they are RayJob fields)
+    assert "backoffLimit" not in manifests("k8s.backoff_limit=3")["raycluster.yaml"]["spec"]
+
+
+@pytest.mark.parametrize("bad, named", [("k8s.backoff_limit=-1", "k8s.backoff_limit must be from 0 to 100"),
+                                        ("k8s.backoff_limit=1000", "k8s.backoff_limit must be from 0 to 100"),
+                                        ("k8s.active_deadline_seconds=-5", "k8s.active_deadline_seconds must be"),
+                                        ("k8s.backoff_limit=two", "k8s.backoff_limit")])
+def test_a_wrong_retry_setting_is_named(bad, named):
+    with pytest.raises(render.ValuesError, match=named):
+        manifests(bad)
