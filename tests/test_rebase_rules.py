@@ -493,3 +493,16 @@ def test_a_new_file_in_a_folder_upstream_split_is_a_conflict_never_placed_silent
     rows, _, conflicted = rebase.rebase_patch(patch, _tree({}), _tree({}), {"pkg/jit_kernel/a.py": "pkg/ops/a.py"},
                                               LABELS)
     assert rows[0]["status"] == merge.CLEAN and not conflicted
+
+
+def test_a_folder_upstream_mostly_kept_is_no_split():
+    # three files moved out, four stay: a new file stays where the patch puts it
+    moved = {"pkg/k/a.py": "pkg/x/a.py", "pkg/k/b.py": "pkg/y/b.py", "pkg/k/c.py": "pkg/z/c.py"}
+
+    class New:
+        def paths(self):
+            return ["pkg/k/d.py", "pkg/k/e.py", "pkg/k/f.py", "pkg/k/g.py", "pkg/x/a.py"]
+
+    assert rebase._new_file_dest("pkg/k/new.py", moved, _tree({}), (None, New())) == ("pkg/k/new.py", "")
+    dest, why = rebase._new_file_dest("pkg/k/new.py", moved, _tree({}), (None, type("T", (), {"paths": lambda s: []})()))
+    assert dest == "pkg/k/new.py" and "kept 0" in why

@@ -109,15 +109,16 @@ def _new_file_dest(path: str, moved: dict[str, str], new_tree, upstreams) -> tup
         return posixpath.join(target, posixpath.basename(path)), ""
     went = Counter(posixpath.dirname(b) for a, b in moved.items()
                    if posixpath.dirname(a) == folder and posixpath.dirname(b) != folder)
-    if sum(went.values()) < 2:
+    n_out = sum(went.values())
+    if n_out < 2:
         return path, ""
     stayed = None
     if upstreams is not None and hasattr(upstreams[1], "paths"):
         stayed = sum(1 for q in upstreams[1].paths() if posixpath.dirname(q) == folder)
-    if stayed is not None and stayed >= sum(went.values()):
+    if stayed is not None and stayed >= n_out:
         return path, ""
     where = ", ".join(f"{d}/ ({n})" for d, n in went.most_common(3))
-    return path, (f"upstream moved {sum(went.values())} files of {folder}/ out, to several folders ({where}"
+    return path, (f"upstream moved {n_out} files of {folder}/ out, to several folders ({where}"
                   f"{', ...' if len(went) > 3 else ''}) and kept {stayed if stayed is not None else 'an unknown number'}: "
                   "put this new file where it now belongs")
 
