@@ -1,12 +1,14 @@
 """Two CPU ranks (gloo) running the Gemma4 Megatron model against transformers.
 
-    python dist_worker.py {tp|cp|ep|sp|replay|epsync} PORT RESULT_JSON   (ep, sp, replay: GEMMA4_DIST_DEVICE=cuda, 2 GPUs)
+    python dist_worker.py {tp|cp|ckpt|ep|sp|replay|epsync} PORT RESULT_JSON   (ep, sp, replay: GEMMA4_DIST_DEVICE=cuda, 2 GPUs)
 
 tp: tensor parallel 2, weights sharded by the converter, logits and every gradient
     (gathered and merged as slime gathers them) against transformers.
 cp: context parallel 2 in Megatron's layout (rank r holds chunks r and 3-r), unpacked
     and packed, logits and gradients against transformers; and on an all-sliding model
     the window holds across the CP boundary.
+ckpt: Megatron's distributed checkpoint saved at one layout and loaded at another (TP, PP, EP),
+    bit for bit, with a control (run_ckpt).
 Run by test_distributed.py; prints nothing on success, the result goes to RESULT_JSON.
 """
 
@@ -406,6 +408,77 @@ def run_cp(rank, result):
         result["cp_window_outside"] = moved[5]
 
 
+def _ckpt_model(cfg, layout, rank, hf_state=None):
+    """The model at a layout (dict of Megatron parallel sizes), parallel state set up for it;
+    loaded from an HF state when given, else left at its own random initialisation."""
+    from megatron.core import parallel_state
+    from slime_plugins.models.gemma4.weights import parallel_from_mpu
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(**layout)
+    torch.manual_seed(100 + rank)
+    extra = {"pipeline_dtype": torch.float32} if layout.get("pipeline_model_parallel_size", 1) > 1 else {}
+    model, settings = g4util.megatron_model(cfg, pre_process=parallel_state.is_pipeline_first_stage(),
+                                            post_process=parallel_state.is_pipeline_last_stage(), **layout, **extra)
+    if hf_state is not None:  # where this rank sits, as slime's HF loader reads it
+        g4util.load_from_hf(model, settings, hf_state, parallel_from_mpu(settings, model))
+    return model
+
+
+def run_ckpt(rank, result, path):
+    """Megatron's distributed checkpoint of the Gemma4 model saved at one layout and loaded at
+    another, each way: every parameter and buffer must equal, bit for bit, the model built at the
+    loading layout straight from the same weights. The control moves one rank's piece of one
+    tensor in the saved metadata: the check must see it."""
+    from megatron.core import dist_checkpointing
+
+    if not torch.cuda.is_available():
+        # Megatron's torch_dist writer syncs CUDA before reading the tensors and puts its
+        # failure flag on the current CUDA device; here every tensor is on the CPU (gloo)
+        torch.cuda.synchronize = lambda *a, **k: None
+        torch.cuda.current_device = lambda: "cpu"
+    dense = dict(g4util.DENSE, num_global_key_value_heads=2)  # every head count splits over 2 ranks
+    untied = dict(dense, tie_word_embeddings=False)
+    cases = [("dense", dense, {"tensor_model_parallel_size": 2}, {}),
+             ("dense", dense, {}, {"tensor_model_parallel_size": 2}),
+             # untied: Megatron ties the last stage's output layer to the embedding with a CUDA
+             # all-reduce at model construction, which CPU ranks cannot run
+             ("dense", untied, {"pipeline_model_parallel_size": 2}, {}),
+             ("dense", untied, {}, {"pipeline_model_parallel_size": 2}),
+             ("moe", g4util.MOE, {"expert_model_parallel_size": 2}, {}),
+             ("moe", g4util.MOE, {}, {"expert_model_parallel_size": 2}),
+             ("control", dense, {"tensor_model_parallel_size": 2}, {})]
+    for i, (kind, cfg, save_at, load_at) in enumerate(cases):
+        hf_state = g4util.hf_model(cfg).state_dict()
+        where = f"{path}.ckpt{i}"
+        if rank == 0:
+            os.makedirs(where)
+        dist.barrier()
+        saved = _ckpt_model(cfg, save_at, rank, hf_state)
+        sharded = saved.sharded_state_dict()
+        if kind == "control":
+            from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+            t = sharded["decoder.layers.0.mlp.linear_fc2.weight"]  # row-parallel: split on axis 1
+            assert isinstance(t, ShardedTensor) and t.axis_fragmentations[1] == 2, t
+            # rank r claims the other rank's columns: the two pieces trade places in the checkpoint
+            off = list(t.global_offset)
+            off[1] = t.local_shape[1] * (1 - off[1] // t.local_shape[1])
+            t.global_offset = tuple(off)
+        dist_checkpointing.save(sharded, where)
+        dist.barrier()
+        loaded = _ckpt_model(cfg, load_at, rank)  # another random start
+        state = dist_checkpointing.load(loaded.sharded_state_dict(), where)
+        loaded.load_state_dict(state, strict=True)
+        want = {k: v for k, v in _ckpt_model(cfg, load_at, rank, hf_state).state_dict().items()
+                if isinstance(v, torch.Tensor)}  # (not the modules' empty `_extra_state`)
+        got = dict(loaded.state_dict())
+        differ = sorted(k for k in want if not isinstance(got.get(k), torch.Tensor) or not torch.equal(want[k], got[k]))
+        result[f"ckpt{i}"] = {"kind": kind, "save": save_at, "load": load_at, "tensors": len(want),
+                              "differ": differ[:8], "n_differ": len(differ)}
+
+
 def _worker(rank, mode, rendezvous, path):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     if DEVICE == "cuda":
@@ -414,7 +487,11 @@ def _worker(rank, mode, rendezvous, path):
     dist.init_process_group(backend, init_method=rendezvous, rank=rank, world_size=WORLD)
     result = {}
     try:
-        {"tp": run_tp, "cp": run_cp, "ep": run_ep, "sp": run_sp, "replay": run_replay, "epsync": run_epsync}[mode](rank, result)
+        if mode == "ckpt":
+            run_ckpt(rank, result, path)
+        else:
+            {"tp": run_tp, "cp": run_cp, "ep": run_ep, "sp": run_sp, "replay": run_replay,
+             "epsync": run_epsync}[mode](rank, result)
     except Exception:  # noqa: BLE001 - reported to the test
         result["error"] = traceback.format_exc()
     with open(f"{path}.{rank}", "w") as f:

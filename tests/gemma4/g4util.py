@@ -204,7 +204,7 @@ def slime_wrapped(inner):
     return inner
 
 
-def megatron_model(cfg: dict, dtype=None, layer_types=None, **config_overrides):
+def megatron_model(cfg: dict, dtype=None, layer_types=None, pre_process=True, post_process=True, **config_overrides):
     import torch
     from slime_plugins.models.gemma4.model import Gemma4Model, build_transformer_config
 
@@ -215,7 +215,8 @@ def megatron_model(cfg: dict, dtype=None, layer_types=None, **config_overrides):
         overrides["gemma4_layer_types"] = tuple(layer_types)
     overrides.update(config_overrides)
     config = build_transformer_config(settings, **overrides)
-    return Gemma4Model(config, vocab_size=settings.vocab_size, max_sequence_length=256,
+    return Gemma4Model(config, vocab_size=settings.vocab_size, max_sequence_length=256, pre_process=pre_process,
+                       post_process=post_process,
                        share_embeddings_and_output_weights=settings.tie_word_embeddings).eval(), settings
 
 
