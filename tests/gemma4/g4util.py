@@ -23,7 +23,8 @@ except ImportError:  # the GPU benchmark imports this module where pytest may be
 ROOT = Path(__file__).resolve().parents[2]
 MATERIALISED = ROOT / "out" / "gemma4" / "slime"
 ONLY = ("slime_plugins/models/gemma4/*", "slime/backends/megatron_utils/megatron_to_hf/gemma4.py",
-        "slime/utils/tokenizer_compat.py", "scripts/gemma4/*", "scripts/run-gemma4-*.sh", "scripts/models/gemma4-*.sh")
+        "slime/utils/tokenizer_compat.py", "scripts/gemma4/*", "scripts/run-gemma4-*.sh", "scripts/models/gemma4-*.sh",
+        "tools/gemma4_*.py")
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
