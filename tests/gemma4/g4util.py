@@ -221,6 +221,17 @@ def megatron_model(cfg: dict, dtype=None, layer_types=None, pre_process=True, po
                        share_embeddings_and_output_weights=settings.tie_word_embeddings).eval(), settings
 
 
+def cpu_checkpoint_writer(setattr_=setattr) -> None:
+    """Megatron's torch_dist writer syncs CUDA before reading the tensors and puts its failure flag
+    on the current CUDA device; on a machine without CUDA (every tensor on the CPU, gloo) both
+    become no-ops. `setattr_`: pytest's monkeypatch.setattr to undo it after a test."""
+    import torch
+
+    if not torch.cuda.is_available():
+        setattr_(torch.cuda, "synchronize", lambda *a, **k: None)
+        setattr_(torch.cuda, "current_device", lambda: "cpu")
+
+
 def load_from_hf(model, settings, state: dict, par=None):
     from slime_plugins.models.gemma4.weights import Gemma4WeightMap, Parallel, load_into
 

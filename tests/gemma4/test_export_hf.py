@@ -48,9 +48,7 @@ def _trained_checkpoint(tmp_path, kind, monkeypatch):
             p.add_(0.02 * torch.randn(p.shape, generator=g))
     save = tmp_path / "save"
     (save / "iter_0000007").mkdir(parents=True)
-    # Megatron's writer syncs CUDA and puts a flag on the current CUDA device; CPU here
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: "cpu")
+    g4util.cpu_checkpoint_writer(monkeypatch.setattr)
     dist_checkpointing.save(model.sharded_state_dict(), str(save / "iter_0000007"))
     (save / "latest_checkpointed_iteration.txt").write_text("7")
     return hf, hf_dir, model, settings, save
