@@ -124,9 +124,6 @@ def write_checkpoint(dest: Path, kind: str) -> tuple[dict, dict]:
     return ckpt.read(dest)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
 def write_tokenizer(dest: Path) -> None:
     """A word-level tokenizer (the image tier's): the server runs with its tokenizer and
     detokenizer managers, as slime starts it (slime never passes --skip-tokenizer-init)."""
@@ -431,8 +428,8 @@ def reload_check(engine, sent, conf, dest: Path, a, moe) -> dict:
 
     dest.mkdir(parents=True, exist_ok=True)
     src = Path(engine.args.hf_checkpoint)
-    for f in ("config.json", "generation_config.json", *TOKENIZER_FILES):
-        (dest / f).write_text((src / f).read_text())
+    for f in src.glob("*.json"):  # config, generation config, tokenizer: all but the weights
+        (dest / f.name).write_text(f.read_text())
     tensors = {n: t.contiguous() for n, t in sent}
     missing = [n for n in load_file(str(src / "model.safetensors")) if n not in tensors]
     if missing:  # the push must carry the whole model (layer scalars included)
